@@ -1,0 +1,1 @@
+//! lorasweep coordinator (placeholder).

@@ -1,0 +1,1 @@
+//! The candle LoRA trainer for Qwen2 (synchronous; no tokio). Placeholder until the trainer lands.

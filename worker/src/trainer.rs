@@ -1,0 +1,69 @@
+//! The seam between the async worker daemon and the synchronous training code.
+//!
+//! The daemon runs a [`Trainer`] on a blocking thread; the trainer reports loss points and
+//! checks for cancellation through [`Progress`]. Two trainers implement it: the candle
+//! LoRA trainer (`crate::train`) and a deterministic synthetic one for orchestration tests.
+
+use lorasweep_common::{JobSpec, LossPoint};
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOutcome {
+    /// The end-of-training eval loss; `None` if no eval ran.
+    pub final_eval_loss: Option<f64>,
+    /// The run's loss became NaN/inf or passed the job's divergence threshold.
+    pub diverged: bool,
+    /// Training tokens processed.
+    pub tokens: u64,
+    /// Wall time of the run in seconds.
+    pub seconds: f64,
+}
+
+/// The daemon's side of a running job, as the trainer sees it. Implementations must be cheap:
+/// they are called from the training loop.
+pub trait Progress {
+    /// The run's total number of optimizer steps, once known (for progress bars and ETAs).
+    fn total_steps(&mut self, steps: u64);
+    /// A new loss point. Must not block for long; the daemon buffers behind a bounded channel.
+    fn point(&mut self, point: LossPoint);
+    /// True once the job should stop (lease lost, job cancelled, worker shutting down).
+    /// Trainers check it at least once per micro-batch.
+    fn cancelled(&self) -> bool;
+}
+
+/// Why a run failed. Messages name the cause (file, tensor, shape) so the job's error is useful.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The model directory, config, weights or tokenizer is missing or wrong.
+    #[error("model: {0}")]
+    Model(String),
+    /// The data directory or a data file is missing or does not parse.
+    #[error("data: {0}")]
+    Data(String),
+    /// The job's settings cannot be run (e.g. odd rank for an orthogonal init).
+    #[error("invalid job: {0}")]
+    Invalid(String),
+    /// A tensor operation failed (shape mismatch, out of memory, ...).
+    #[error("tensor: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// An I/O error, with the path it concerned.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// [`Progress::cancelled`] turned true; the run stopped early.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// A training backend. Synchronous: it runs on a dedicated blocking thread.
+pub trait Trainer: Send {
+    /// Runs one job to completion (or until `progress.cancelled()`), reporting points on the way.
+    ///
+    /// # Errors
+    /// [`TrainError`] naming the cause; [`TrainError::Cancelled`] when stopped through `progress`.
+    fn train(&mut self, job: &JobSpec, progress: &mut dyn Progress) -> Result<TrainOutcome, TrainError>;
+}
