@@ -1,0 +1,725 @@
+//! Tiny generated models and data for tests and the demo (`lorasweep make-tiny-model`,
+//! `make-tiny-data`): no hub access is ever needed.
+//!
+//! - [`generate_rows`] is a line-by-line port of `worker/tests/reference/tiny_data.py` (same
+//!   splitmix64 stream and word lists), so the committed fixture data can be regenerated from
+//!   either side; `worker/tests/tiny_generators.rs` checks they agree.
+//! - [`train_tokenizer`] builds a byte-level BPE shaped like Qwen2.5's (NFC, Qwen's split regex,
+//!   ByteLevel) with the specials `<|endoftext|>`, `<|im_start|>`, `<|im_end|>`, as the reference
+//!   script does with the Python `tokenizers` bindings.
+//! - [`write_model`] writes an HF Qwen2 checkpoint: `config.json`, `model.safetensors` (f32,
+//!   N(0, 0.02²) weights from a seeded ChaCha8 stream, tied embeddings so no `lm_head.weight`),
+//!   `tokenizer.json` and `tokenizer_config.json` (eos `<|im_end|>`).
+
+use std::{
+    collections::HashMap,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use safetensors::tensor::{Dtype, TensorView};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
+    Tokenizer,
+    decoders::byte_level::ByteLevel as ByteLevelDecoder,
+    models::{
+        TrainerWrapper,
+        bpe::{BPE, BpeTrainerBuilder},
+    },
+    normalizers::unicode::NFC,
+    pre_tokenizers::{
+        byte_level::ByteLevel,
+        sequence::Sequence,
+        split::{Split, SplitPattern},
+    },
+};
+
+use super::data::{Message, Row, format_example};
+use crate::trainer::TrainError;
+
+/// Qwen2.5's pre-tokenizer split regex (from its `tokenizer.json`).
+pub const QWEN_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The special tokens, in id order 0, 1, 2 (Qwen2.5 has the same three at 151643..151645).
+pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+
+/// The EOS token the tiny models declare (as Qwen2.5-Instruct does).
+pub const EOS_TOKEN: &str = "<|im_end|>";
+
+/// XORed into the seed for the test split's stream (`tiny_data.TEST_SEED_XOR`).
+const TEST_SEED_XOR: u64 = 0xA5A5_A5A5_A5A5_A5A5;
+
+/// Rows drawn per seed for the tokenizer corpus of [`write_model`]: enough that every template
+/// word becomes a token.
+const TOKENIZER_CORPUS_ROWS: usize = 1000;
+
+// ------------------------------------------------------------------ data generator
+
+const CATEGORIES: [&str; 10] = [
+    "Generation",
+    "Open QA",
+    "Brainstorm",
+    "Chat",
+    "Rewrite",
+    "Summarize",
+    "Coding",
+    "Classify",
+    "Closed QA",
+    "Extract",
+];
+const COUNTRIES: [(&str, &str); 8] = [
+    ("France", "Paris"),
+    ("Japan", "Tokyo"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Egypt", "Cairo"),
+    ("Peru", "Lima"),
+    ("Kenya", "Nairobi"),
+    ("Canada", "Ottawa"),
+];
+const ANIMALS: [&str; 8] = [
+    "cat", "dog", "horse", "owl", "fox", "whale", "rabbit", "otter",
+];
+const BIRDS: [&str; 1] = ["owl"];
+const COLORS: [&str; 6] = ["red", "blue", "green", "yellow", "purple", "orange"];
+const ADJECTIVES: [&str; 8] = [
+    "happy", "quiet", "brave", "small", "bright", "gentle", "clever", "sleepy",
+];
+const PLACES: [&str; 7] = [
+    "forest", "river", "city", "garden", "mountain", "beach", "café",
+];
+const NAMES: [&str; 6] = ["Ana", "Ben", "Chloé", "Dev", "Emma", "Felix"];
+
+/// splitmix64 (Steele, Lea, Flood 2014): the generator's stream, identical to `tiny_data.py`.
+#[derive(Debug, Clone)]
+struct SplitMix64 {
+    state: u64,
+}
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> u64 {
+        self.next_u64() % n as u64
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len()) as usize]
+    }
+}
+
+/// Upper-cases the first character (Python `word[:1].upper() + word[1:]`).
+fn cap(word: &str) -> String {
+    let mut chars = word.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+fn messages_for(category: &str, rng: &mut SplitMix64) -> Vec<(&'static str, String)> {
+    match category {
+        "Generation" => {
+            let (adj, animal, place, color) = (
+                rng.pick(&ADJECTIVES),
+                rng.pick(&ANIMALS),
+                rng.pick(&PLACES),
+                rng.pick(&COLORS),
+            );
+            vec![
+                (
+                    "user",
+                    format!("Write a short poem about a {adj} {animal} in the {place}."),
+                ),
+                (
+                    "assistant",
+                    format!(
+                        "The {adj} {animal} walks by the {place},\nit dreams of {color} skies.\nThe {place} is {adj} tonight."
+                    ),
+                ),
+            ]
+        }
+        "Open QA" => {
+            let (country, capital) = rng.pick(&COUNTRIES);
+            vec![
+                ("user", format!("What is the capital of {country}?")),
+                (
+                    "assistant",
+                    format!("The capital of {country} is {capital}."),
+                ),
+            ]
+        }
+        "Brainstorm" => {
+            let (color, animal) = (rng.pick(&COLORS), rng.pick(&ANIMALS));
+            let (a, b, c) = (
+                rng.pick(&ADJECTIVES),
+                rng.pick(&ADJECTIVES),
+                rng.pick(&ADJECTIVES),
+            );
+            vec![
+                (
+                    "user",
+                    format!("Give me three names for a {color} {animal}."),
+                ),
+                (
+                    "assistant",
+                    format!(
+                        "1. {} {}\n2. {} {}\n3. {} the {}",
+                        cap(a),
+                        cap(color),
+                        cap(b),
+                        cap(animal),
+                        cap(c),
+                        cap(animal)
+                    ),
+                ),
+            ]
+        }
+        "Chat" => {
+            let (animal, color, place) = (rng.pick(&ANIMALS), rng.pick(&COLORS), rng.pick(&PLACES));
+            vec![
+                (
+                    "system",
+                    format!("You are a friendly assistant who loves {animal}s."),
+                ),
+                ("user", "Hi! What is your favourite color?".to_owned()),
+                (
+                    "assistant",
+                    format!("Hello! I like {color}, like a {color} {animal}."),
+                ),
+                ("user", "Why?".to_owned()),
+                (
+                    "assistant",
+                    format!("Because {color} reminds me of the {place}."),
+                ),
+            ]
+        }
+        "Rewrite" => {
+            let (adj, animal, color, place) = (
+                rng.pick(&ADJECTIVES),
+                rng.pick(&ANIMALS),
+                rng.pick(&COLORS),
+                rng.pick(&PLACES),
+            );
+            let sentence = format!("the {adj} {animal} sees a {color} {place}.");
+            vec![
+                (
+                    "user",
+                    format!("Rewrite this sentence in capital letters: {sentence}"),
+                ),
+                ("assistant", sentence.to_uppercase()),
+            ]
+        }
+        "Summarize" => {
+            let (animal, place, color, adj) = (
+                rng.pick(&ANIMALS),
+                rng.pick(&PLACES),
+                rng.pick(&COLORS),
+                rng.pick(&ADJECTIVES),
+            );
+            vec![
+                (
+                    "user",
+                    format!(
+                        "Summarize: The {animal} went to the {place}. It found a {color} stone. Then it went home feeling {adj}."
+                    ),
+                ),
+                (
+                    "assistant",
+                    format!("A {adj} {animal} found a {color} stone at the {place}."),
+                ),
+            ]
+        }
+        "Coding" => {
+            let (a, b) = (rng.below(20), rng.below(20));
+            vec![
+                (
+                    "user",
+                    format!("Write a Python function that adds {a} and {b}."),
+                ),
+                (
+                    "assistant",
+                    format!(
+                        "```python\ndef add_{a}_{b}():\n    return {a} + {b}  # = {}\n```",
+                        a + b
+                    ),
+                ),
+            ]
+        }
+        "Classify" => {
+            let animal = rng.pick(&ANIMALS);
+            let kind = if BIRDS.contains(&animal) {
+                "bird"
+            } else {
+                "mammal"
+            };
+            vec![
+                ("user", format!("Is the {animal} a mammal or a bird?")),
+                ("assistant", format!("The {animal} is a {kind}.")),
+            ]
+        }
+        "Closed QA" => {
+            let (name, a, b) = (rng.pick(&NAMES), rng.below(10), rng.below(10));
+            vec![
+                (
+                    "user",
+                    format!(
+                        "{name} has {a} apples and buys {b} more. How many apples does {name} have?"
+                    ),
+                ),
+                ("assistant", format!("{name} has {} apples.", a + b)),
+            ]
+        }
+        // "Extract", the last category; `make_row` only passes names from CATEGORIES.
+        _ => {
+            let (c1, animal, c2, place) = (
+                rng.pick(&COLORS),
+                rng.pick(&ANIMALS),
+                rng.pick(&COLORS),
+                rng.pick(&PLACES),
+            );
+            vec![
+                (
+                    "user",
+                    format!(
+                        "Extract the colors from: The {c1} {animal} sat on a {c2} mat near the {place}."
+                    ),
+                ),
+                ("assistant", format!("{c1}, {c2}")),
+            ]
+        }
+    }
+}
+
+fn make_row(rng: &mut SplitMix64) -> Row {
+    let category = rng.pick(&CATEGORIES);
+    let messages = messages_for(category, rng);
+    let prompt_id: String = (0..4).map(|_| format!("{:016x}", rng.next_u64())).collect();
+    let prompt = messages
+        .iter()
+        .find(|(role, _)| *role == "user")
+        .map(|(_, content)| content.clone())
+        .unwrap_or_default();
+    Row {
+        prompt,
+        prompt_id,
+        messages: messages
+            .into_iter()
+            .map(|(role, content)| Message {
+                role: role.to_owned(),
+                content,
+            })
+            .collect(),
+        category: category.to_owned(),
+    }
+}
+
+/// Synthetic no_robots rows `(train, test)`: train from splitmix64(`seed`), test from
+/// splitmix64(`seed ^ 0xA5A5…`), exactly as `tiny_data.generate_rows`.
+pub fn generate_rows(seed: u64, n_train: usize, n_test: usize) -> (Vec<Row>, Vec<Row>) {
+    let mut rng = SplitMix64 { state: seed };
+    let train = (0..n_train).map(|_| make_row(&mut rng)).collect();
+    let mut rng = SplitMix64 {
+        state: seed ^ TEST_SEED_XOR,
+    };
+    let test = (0..n_test).map(|_| make_row(&mut rng)).collect();
+    (train, test)
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> TrainError {
+    TrainError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    std::fs::write(path, bytes).map_err(|e| io_err(path, e))
+}
+
+/// Writes `train.jsonl` and `test.jsonl` of [`generate_rows`] into `dir` (created if needed).
+/// Returns the two paths.
+///
+/// # Errors
+/// [`TrainError::Io`] when the directory or a file cannot be written.
+pub fn write_data(
+    dir: &Path,
+    seed: u64,
+    n_train: usize,
+    n_test: usize,
+) -> Result<[PathBuf; 2], TrainError> {
+    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    let (train, test) = generate_rows(seed, n_train, n_test);
+    let mut paths = Vec::with_capacity(2);
+    for (name, rows) in [("train.jsonl", train), ("test.jsonl", test)] {
+        let path = dir.join(name);
+        let mut out = Vec::new();
+        for row in &rows {
+            serde_json::to_writer(&mut out, row)
+                .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+            out.push(b'\n');
+        }
+        write_file(&path, &out)?;
+        paths.push(path);
+    }
+    Ok([paths[0].clone(), paths[1].clone()])
+}
+
+// ------------------------------------------------------------------ tokenizer
+
+/// Trains a Qwen2.5-shaped byte-level BPE of at most `vocab_size` entries (specials included,
+/// ids 0..3) on `texts`, with min_frequency 2, like the reference script.
+///
+/// # Errors
+/// [`TrainError::Model`] if the tokenizer cannot be built or trained.
+pub fn train_tokenizer<S: AsRef<str> + Sync>(
+    texts: &[S],
+    vocab_size: usize,
+) -> Result<Tokenizer, TrainError> {
+    let err = |e: tokenizers::Error| TrainError::Model(format!("tokenizer: {e}"));
+    let split = Split::new(
+        SplitPattern::Regex(QWEN_SPLIT_REGEX.to_owned()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(err)?;
+    let pre = Sequence::new(vec![
+        PreTokenizerWrapper::Split(split),
+        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
+    ]);
+    let mut tokenizer = Tokenizer::new(BPE::default());
+    tokenizer
+        .with_normalizer(Some(NormalizerWrapper::NFC(NFC)))
+        .with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(pre)))
+        .with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::new(
+            false, false, false,
+        ))));
+    let trainer = BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(2)
+        .show_progress(false)
+        .special_tokens(
+            SPECIAL_TOKENS
+                .iter()
+                .map(|t| AddedToken::from(*t, true))
+                .collect(),
+        )
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build();
+    let mut trainer = TrainerWrapper::BpeTrainer(trainer);
+    tokenizer
+        .train(&mut trainer, texts.iter().map(|t| t.as_ref()))
+        .map_err(err)?;
+    Ok(tokenizer)
+}
+
+// ------------------------------------------------------------------ model
+
+/// The shape of a tiny Qwen2 (`lorasweep make-tiny-model` flags).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TinyModelConfig {
+    /// Target tokenizer size; the model's `vocab_size` is at least the trained tokenizer's size.
+    pub vocab: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (GQA); must divide `heads`.
+    pub kv_heads: usize,
+    /// SwiGLU intermediate size.
+    pub intermediate: usize,
+    /// `max_position_embeddings` (and `sliding_window`, unused).
+    pub max_positions: usize,
+    /// Seeds the weights and the tokenizer corpus.
+    pub seed: u64,
+}
+
+impl Default for TinyModelConfig {
+    fn default() -> Self {
+        Self {
+            vocab: 512,
+            hidden: 64,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            intermediate: 128,
+            max_positions: 2048,
+            seed: 0,
+        }
+    }
+}
+
+/// What [`write_model`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TinyModelSummary {
+    /// The model's `vocab_size` (embedding rows).
+    pub vocab_size: usize,
+    /// Parameters in `model.safetensors`.
+    pub params: usize,
+    /// The EOS (`<|im_end|>`) id.
+    pub eos_id: u32,
+}
+
+/// The tensors of a Qwen2 checkpoint with tied embeddings, in HF names and `[out, in]` layout,
+/// with the value each is initialised to (`None` = random N(0, 0.02²)).
+pub fn qwen2_tensor_shapes(
+    vocab: usize,
+    cfg: &TinyModelConfig,
+) -> Vec<(String, Vec<usize>, Option<f32>)> {
+    let h = cfg.hidden;
+    let kv = cfg.kv_heads * (h / cfg.heads.max(1));
+    let mut t = vec![("model.embed_tokens.weight".to_owned(), vec![vocab, h], None)];
+    for l in 0..cfg.layers {
+        let p = format!("model.layers.{l}");
+        t.push((format!("{p}.input_layernorm.weight"), vec![h], Some(1.0)));
+        t.push((format!("{p}.self_attn.q_proj.weight"), vec![h, h], None));
+        t.push((format!("{p}.self_attn.q_proj.bias"), vec![h], Some(0.0)));
+        t.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h], None));
+        t.push((format!("{p}.self_attn.k_proj.bias"), vec![kv], Some(0.0)));
+        t.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h], None));
+        t.push((format!("{p}.self_attn.v_proj.bias"), vec![kv], Some(0.0)));
+        t.push((format!("{p}.self_attn.o_proj.weight"), vec![h, h], None));
+        t.push((
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![h],
+            Some(1.0),
+        ));
+        t.push((
+            format!("{p}.mlp.gate_proj.weight"),
+            vec![cfg.intermediate, h],
+            None,
+        ));
+        t.push((
+            format!("{p}.mlp.up_proj.weight"),
+            vec![cfg.intermediate, h],
+            None,
+        ));
+        t.push((
+            format!("{p}.mlp.down_proj.weight"),
+            vec![h, cfg.intermediate],
+            None,
+        ));
+    }
+    t.push(("model.norm.weight".to_owned(), vec![h], Some(1.0)));
+    t
+}
+
+fn validate(cfg: &TinyModelConfig) -> Result<(), TrainError> {
+    let bad = |m: String| Err(TrainError::Invalid(m));
+    if [
+        cfg.vocab,
+        cfg.hidden,
+        cfg.layers,
+        cfg.heads,
+        cfg.kv_heads,
+        cfg.intermediate,
+        cfg.max_positions,
+    ]
+    .contains(&0)
+    {
+        return bad("every size must be positive".into());
+    }
+    if cfg.vocab < 259 {
+        return bad(format!(
+            "vocab {} < 259 (256 bytes + 3 special tokens)",
+            cfg.vocab
+        ));
+    }
+    if cfg.hidden % cfg.heads != 0 || (cfg.hidden / cfg.heads) % 2 != 0 {
+        return bad(format!(
+            "hidden {} must split into {} heads of even size (RoPE)",
+            cfg.hidden, cfg.heads
+        ));
+    }
+    if cfg.heads % cfg.kv_heads != 0 {
+        return bad(format!(
+            "kv_heads {} must divide heads {}",
+            cfg.kv_heads, cfg.heads
+        ));
+    }
+    Ok(())
+}
+
+/// Writes a tiny random Qwen2 checkpoint into `dir` (created if needed): `config.json`,
+/// `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`. Deterministic per `cfg`.
+///
+/// # Errors
+/// [`TrainError::Invalid`] for an impossible shape; [`TrainError::Model`] if the tokenizer or
+/// the safetensors file cannot be built; [`TrainError::Io`] for write failures.
+pub fn write_model(dir: &Path, cfg: &TinyModelConfig) -> Result<TinyModelSummary, TrainError> {
+    validate(cfg)?;
+    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+
+    let (corpus_rows, _) = generate_rows(cfg.seed, TOKENIZER_CORPUS_ROWS, 0);
+    let corpus = corpus_rows
+        .iter()
+        .map(|r| format_example(&r.messages).map_err(TrainError::Data))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tokenizer = train_tokenizer(&corpus, cfg.vocab)?;
+    let tok_path = dir.join("tokenizer.json");
+    tokenizer
+        .save(&tok_path, true)
+        .map_err(|e| TrainError::Model(format!("{}: {e}", tok_path.display())))?;
+    let eos_id = tokenizer.token_to_id(EOS_TOKEN).ok_or_else(|| {
+        TrainError::Model(format!("{EOS_TOKEN} missing from the trained tokenizer"))
+    })?;
+    let tok_cfg = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": null,
+        "eos_token": EOS_TOKEN,
+        "pad_token": SPECIAL_TOKENS[0],
+        "unk_token": null,
+        "model_max_length": cfg.max_positions,
+        "clean_up_tokenization_spaces": false,
+    });
+    write_json(&dir.join("tokenizer_config.json"), &tok_cfg)?;
+
+    let vocab_size = cfg.vocab.max(tokenizer.get_vocab_size(true));
+    let config = serde_json::json!({
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "vocab_size": vocab_size,
+        "hidden_size": cfg.hidden,
+        "intermediate_size": cfg.intermediate,
+        "num_hidden_layers": cfg.layers,
+        "num_attention_heads": cfg.heads,
+        "num_key_value_heads": cfg.kv_heads,
+        "max_position_embeddings": cfg.max_positions,
+        "sliding_window": cfg.max_positions,
+        "max_window_layers": cfg.layers,
+        "use_sliding_window": false,
+        "tie_word_embeddings": true,
+        "rope_theta": 1_000_000.0,
+        "rms_norm_eps": 1e-6,
+        "hidden_act": "silu",
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "bos_token_id": tokenizer.token_to_id(SPECIAL_TOKENS[0]),
+        "eos_token_id": eos_id,
+        "torch_dtype": "float32",
+        "use_cache": true,
+    });
+    write_json(&dir.join("config.json"), &config)?;
+
+    let tensors = random_weights(vocab_size, cfg);
+    let params = tensors.iter().map(|(_, _, v)| v.len()).sum();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(name, shape, values)| {
+            (
+                name,
+                shape,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, shape, data)| {
+            TensorView::new(Dtype::F32, shape.clone(), data)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| TrainError::Model(format!("{name}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let st_path = dir.join("model.safetensors");
+    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    safetensors::tensor::serialize_to_file(views, Some(metadata), &st_path)
+        .map_err(|e| TrainError::Model(format!("{}: {e}", st_path.display())))?;
+    Ok(TinyModelSummary {
+        vocab_size,
+        params,
+        eos_id,
+    })
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), TrainError> {
+    let mut text = serde_json::to_vec_pretty(value)
+        .map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))?;
+    text.write_all(b"\n").map_err(|e| io_err(path, e))?;
+    write_file(path, &text)
+}
+
+/// The checkpoint's values: N(0, 0.02²) by Box–Muller from ChaCha8(`seed`), drawn tensor by
+/// tensor in [`qwen2_tensor_shapes`] order; norms 1, biases 0 (transformers' init).
+fn random_weights(vocab: usize, cfg: &TinyModelConfig) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    qwen2_tensor_shapes(vocab, cfg)
+        .into_iter()
+        .map(|(name, shape, fill)| {
+            let n = shape.iter().product();
+            let values = match fill {
+                Some(v) => vec![v; n],
+                None => (0..n)
+                    .map(|_| {
+                        let u1 = 1.0 - rng.random::<f64>(); // (0, 1]: ln is finite
+                        let u2 = rng.random::<f64>();
+                        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                        (0.02 * z) as f32
+                    })
+                    .collect(),
+            };
+            (name, shape, values)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capitalises_like_python() {
+        assert_eq!(cap("owl"), "Owl");
+        assert_eq!(cap(""), "");
+        assert_eq!(cap("élan"), "Élan");
+    }
+
+    #[test]
+    fn generator_is_deterministic_and_varied() {
+        let (a, b) = generate_rows(7, 50, 5);
+        assert_eq!((a.len(), b.len()), (50, 5));
+        assert_eq!(generate_rows(7, 50, 5), (a.clone(), b.clone()));
+        assert_ne!(generate_rows(8, 50, 5).0, a);
+        let categories: std::collections::HashSet<_> =
+            a.iter().map(|r| r.category.as_str()).collect();
+        assert!(categories.len() >= 8, "{categories:?}");
+        for row in &a {
+            assert_eq!(row.prompt_id.len(), 64);
+            assert_eq!(
+                row.prompt,
+                row.messages
+                    .iter()
+                    .find(|m| m.role == "user")
+                    .map(|m| m.content.clone())
+                    .unwrap_or_default()
+            );
+            format_example(&row.messages).expect("known roles");
+        }
+    }
+
+    #[test]
+    fn rejects_impossible_shapes() {
+        let bad = TinyModelConfig {
+            heads: 3,
+            ..TinyModelConfig::default()
+        };
+        assert!(matches!(validate(&bad), Err(TrainError::Invalid(_))));
+        let bad = TinyModelConfig {
+            kv_heads: 3,
+            heads: 4,
+            ..TinyModelConfig::default()
+        };
+        assert!(matches!(validate(&bad), Err(TrainError::Invalid(_))));
+        assert!(validate(&TinyModelConfig::default()).is_ok());
+    }
+}
