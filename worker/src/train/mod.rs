@@ -1,4 +1,25 @@
-//! The candle LoRA trainer for Qwen2 (synchronous; no tokio). Placeholder until the trainer lands.
+//! The candle LoRA trainer for Qwen2 (synchronous; no tokio).
+//!
+//! # Layout
+//! - [`ops`]: autograd-safe primitives (RMSNorm, RoPE, causal softmax, cross-entropy).
+//! - [`frozen`]: frozen base linears whose backward yields only the input gradient.
+//! - [`model`]: the trainable Qwen2 forward (logits at every position) and checkpoint loading.
+//! - [`lora`]: adapters on the projections, with seeded dropout.
+//! - [`data`]: the study's data pipeline (no_robots → packed blocks) and epoch shuffling.
+//! - [`init`]: the study's five LoRA inits; [`rng`]: the seeded streams they draw from.
+//! - [`optim`]: AdamW (torch semantics), gradient accumulation, norm clipping.
+//! - [`schedule`]: linear warmup/decay learning rate.
+//! - [`run`]: the training loop (eval cadence, accumulation, stepping, divergence).
+//! - [`tiny`]: generated tiny Qwen2 checkpoints and no_robots-format data for tests and the demo.
 
 pub mod data;
+pub mod frozen;
+pub mod init;
+pub mod lora;
+pub mod model;
+pub mod optim;
+pub mod ops;
+pub mod rng;
+pub mod run;
+pub mod schedule;
 pub mod tiny;

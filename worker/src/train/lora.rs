@@ -1,0 +1,336 @@
+//! LoRA adapters: `y = W·x + b + (alpha/r)·B(A(dropout(x)))` (PEFT `lora.Linear.forward`,
+//! `huggingface/peft: src/peft/tuners/lora/layer.py`).
+//!
+//! The adapters live apart from the frozen base model ([`super::model::Qwen2Model`]) so that a
+//! resident base can be reused across jobs with fresh adapters. A and B are f32 `Var`s (PEFT
+//! keeps them in the parameter dtype, fp32); the forward casts them to the base dtype when the
+//! base is bf16. Dropout uses our own seeded stream keyed by (seed, micro-batch, layer, module),
+//! so a run is reproducible; it is off in eval.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use lorasweep_common::LoraInit;
+use lorasweep_common::job::LoraSpec;
+
+use super::frozen::FrozenLinear;
+use super::init::{init_lora, module_index};
+use super::rng::{Purpose, dropout_mask, stream};
+use crate::trainer::TrainError;
+
+/// The projections that may carry an adapter, in [`module_index`] order.
+pub const TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// The PEFT tensor-name prefix of a projection: `base_model.model.model.layers.{L}.{self_attn|mlp}.{m}`.
+pub fn peft_prefix(layer: usize, module: &str) -> String {
+    let block = if matches!(module, "gate_proj" | "up_proj" | "down_proj") {
+        "mlp"
+    } else {
+        "self_attn"
+    };
+    format!("base_model.model.model.layers.{layer}.{block}.{module}")
+}
+
+/// One adapter pair on one projection.
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    /// Decoder layer index.
+    pub layer: usize,
+    /// Projection name (`q_proj`, …).
+    pub module: &'static str,
+    /// `lora_A.weight`, `[r, d_in]`, f32.
+    pub a: Var,
+    /// `lora_B.weight`, `[d_out, r]`, f32.
+    pub b: Var,
+}
+
+/// All adapters of a job, with their shared scale and dropout.
+#[derive(Debug, Clone)]
+pub struct Adapters {
+    /// Rank.
+    pub r: usize,
+    /// `alpha`; the update is scaled by `alpha / r` (not rsLoRA).
+    pub alpha: f64,
+    /// Dropout probability on the adapter input during training.
+    pub dropout: f64,
+    /// Adapters in (layer, module) order.
+    pub list: Vec<Adapter>,
+    /// `index[layer][module_index]` → position in `list`.
+    index: Vec<[Option<usize>; 7]>,
+}
+
+/// Per-forward dropout state: `None` in eval mode.
+#[derive(Debug, Clone, Copy)]
+pub struct DropoutKey {
+    /// The job's seed.
+    pub seed: u64,
+    /// The global micro-batch counter (so every micro-batch draws fresh masks).
+    pub micro_step: u64,
+}
+
+impl Adapters {
+    /// Fresh adapters for every `(layer, target)` with the given init. `dims(module)` gives
+    /// `(d_in, d_out)` of a projection.
+    ///
+    /// # Errors
+    /// [`TrainError::Invalid`] for an unknown target or a rank the init refuses.
+    pub fn init(
+        spec: &LoraSpec,
+        init: LoraInit,
+        seed: u64,
+        n_layers: usize,
+        dims: &dyn Fn(&str) -> (usize, usize),
+        dev: &Device,
+    ) -> std::result::Result<Self, TrainError> {
+        let mut list = Vec::new();
+        for layer in 0..n_layers {
+            for t in &spec.targets {
+                let (name, idx) = target(t)?;
+                let (d_in, d_out) = dims(name);
+                let v = init_lora(init, spec.r, d_in, d_out, seed, layer, idx)?;
+                let a = Var::from_vec(v.a, (spec.r, d_in), dev)?;
+                let b = Var::from_vec(v.b, (d_out, spec.r), dev)?;
+                list.push(Adapter {
+                    layer,
+                    module: name,
+                    a,
+                    b,
+                });
+            }
+        }
+        Self::from_list(spec, n_layers, list)
+    }
+
+    /// Builds the container from explicit adapters (e.g. loaded from a PEFT directory).
+    ///
+    /// # Errors
+    /// [`TrainError::Invalid`] if an adapter's layer is out of range or a pair is duplicated.
+    pub fn from_list(
+        spec: &LoraSpec,
+        n_layers: usize,
+        list: Vec<Adapter>,
+    ) -> std::result::Result<Self, TrainError> {
+        let mut index = vec![[None; 7]; n_layers];
+        for (i, ad) in list.iter().enumerate() {
+            let (_, m) = target(ad.module)?;
+            let slot = index.get_mut(ad.layer).ok_or_else(|| {
+                TrainError::Invalid(format!("adapter layer {} out of range", ad.layer))
+            })?;
+            if slot[m as usize].replace(i).is_some() {
+                return Err(TrainError::Invalid(format!(
+                    "duplicate adapter {}",
+                    peft_prefix(ad.layer, ad.module)
+                )));
+            }
+        }
+        Ok(Self {
+            r: spec.r,
+            alpha: spec.alpha,
+            dropout: spec.dropout,
+            list,
+            index,
+        })
+    }
+
+    /// The adapter on `(layer, module)`, if any.
+    pub fn get(&self, layer: usize, module: usize) -> Option<&Adapter> {
+        self.index
+            .get(layer)
+            .and_then(|s| s[module])
+            .map(|i| &self.list[i])
+    }
+
+    /// All trainable Vars, A then B per adapter, in a fixed order (the optimizer's order).
+    pub fn vars(&self) -> Vec<Var> {
+        self.list
+            .iter()
+            .flat_map(|a| [a.a.clone(), a.b.clone()])
+            .collect()
+    }
+
+    /// Number of trainable parameters.
+    pub fn num_params(&self) -> usize {
+        self.list
+            .iter()
+            .map(|a| a.a.elem_count() + a.b.elem_count())
+            .sum()
+    }
+
+    /// `base(x) + (alpha/r)·B(A(dropout(x)))` on a frozen projection.
+    pub fn apply(
+        &self,
+        base: &FrozenLinear,
+        x: &Tensor,
+        layer: usize,
+        module: usize,
+        dropout: Option<DropoutKey>,
+    ) -> Result<Tensor> {
+        let y = base.forward(x)?;
+        let Some(ad) = self.get(layer, module) else {
+            return Ok(y);
+        };
+        let dtype = x.dtype();
+        let x_in = match dropout {
+            Some(key) if self.dropout > 0.0 => {
+                let mut rng = stream(
+                    key.seed,
+                    Purpose::Dropout,
+                    &[key.micro_step, layer as u64, module as u64],
+                );
+                let mask = dropout_mask(&mut rng, x.elem_count(), self.dropout);
+                let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(dtype)?;
+                x.mul(&mask)?
+            }
+            _ => x.clone(),
+        };
+        let a = cast(ad.a.as_tensor(), dtype)?;
+        let b = cast(ad.b.as_tensor(), dtype)?;
+        let d_in = x.dim(candle_core::D::Minus1)?;
+        let n = x.elem_count() / d_in;
+        let h = x_in.reshape((n, d_in))?.matmul(&a.t()?)?.matmul(&b.t()?)?;
+        let h = (h * (self.alpha / self.r as f64))?;
+        y.add(&h.reshape(y.shape())?)
+    }
+}
+
+/// `to_dtype` only when needed (keeps the f32 graph short).
+fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    if t.dtype() == dtype {
+        Ok(t.clone())
+    } else {
+        t.to_dtype(dtype)
+    }
+}
+
+/// Validates a target name and returns its canonical `&'static str` and index.
+fn target(name: &str) -> std::result::Result<(&'static str, u64), TrainError> {
+    let idx = module_index(name).ok_or_else(|| {
+        TrainError::Invalid(format!(
+            "unknown LoRA target {name:?}; allowed: {}",
+            TARGETS.join(", ")
+        ))
+    })?;
+    Ok((TARGETS[idx as usize], idx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::ops::tests::rand_f64;
+
+    fn spec(targets: &[&str], dropout: f64) -> LoraSpec {
+        LoraSpec {
+            r: 4,
+            alpha: 8.0,
+            dropout,
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn forward_is_base_plus_scaled_low_rank_update() -> anyhow::Result<()> {
+        let dev = Device::Cpu;
+        let w = rand_f64(&[6, 5], 1).to_dtype(DType::F32)?;
+        let base = FrozenLinear::new(w.clone(), None);
+        let ads = Adapters::init(
+            &spec(&["q_proj"], 0.0),
+            LoraInit::OrthoQrConst,
+            3,
+            1,
+            &|_| (5, 6),
+            &dev,
+        )?;
+        let x = rand_f64(&[2, 3, 5], 2).to_dtype(DType::F32)?;
+        let y = ads.apply(&base, &x, 0, 0, None)?;
+        let ad = ads.get(0, 0).expect("q_proj adapter");
+        let want = x.broadcast_matmul(&w.t()?)?.add(
+            &(x.broadcast_matmul(&ad.a.t()?)?
+                .broadcast_matmul(&ad.b.t()?)?
+                * 2.0)?,
+        )?;
+        let diff = (y - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "{diff}");
+        // No adapter on k_proj: the base output passes through unchanged.
+        let yk = ads.apply(&base, &x, 0, 1, None)?;
+        let diff = (yk - x.broadcast_matmul(&w.t()?)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn dropout_is_seeded_per_micro_step_and_off_in_eval() -> anyhow::Result<()> {
+        let dev = Device::Cpu;
+        let base = FrozenLinear::new(Tensor::zeros((6, 5), DType::F32, &dev)?, None);
+        let ads = Adapters::init(
+            &spec(&["v_proj"], 0.5),
+            LoraInit::OrthoQrMatch,
+            3,
+            1,
+            &|_| (5, 6),
+            &dev,
+        )?;
+        let x = rand_f64(&[4, 5], 2).to_dtype(DType::F32)?;
+        let k = |s| {
+            Some(DropoutKey {
+                seed: 9,
+                micro_step: s,
+            })
+        };
+        let a = ads
+            .apply(&base, &x, 0, 2, k(0))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let a2 = ads
+            .apply(&base, &x, 0, 2, k(0))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let b = ads
+            .apply(&base, &x, 0, 2, k(1))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let e = ads
+            .apply(&base, &x, 0, 2, None)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let e2 = ads
+            .apply(&base, &x, 0, 2, None)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(a, a2);
+        assert_ne!(a, b);
+        assert_ne!(a, e);
+        assert_eq!(e, e2);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_target_and_peft_names() {
+        let err = Adapters::init(
+            &spec(&["qkv"], 0.0),
+            LoraInit::Standard,
+            0,
+            1,
+            &|_| (4, 4),
+            &Device::Cpu,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("qkv"));
+        assert_eq!(
+            peft_prefix(3, "k_proj"),
+            "base_model.model.model.layers.3.self_attn.k_proj"
+        );
+        assert_eq!(
+            peft_prefix(0, "up_proj"),
+            "base_model.model.model.layers.0.mlp.up_proj"
+        );
+    }
+}
