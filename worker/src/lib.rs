@@ -1,8 +1,26 @@
 //! lorasweep worker: the daemon that leases jobs from the coordinator, and the trainers that run them.
 //!
 //! # Layout
+//! - [`config`]: command-line flags and the validated [`Config`].
+//! - [`daemon`]: [`run`], the register → lease → run loop.
+//! - `job`: one attempt: trainer thread, heartbeat, final report.
+//! - `report`: the bounded point channel → client-streaming `ReportPoints` shipper.
+//! - `rpc`: error classes and backoff for coordinator calls.
+//! - [`synthetic`]: a deterministic trainer with study-shaped curves, for tests and demos.
 //! - [`trainer`]: the [`trainer::Trainer`] trait between the async daemon and synchronous training.
 //! - [`train`]: the candle Qwen2 + LoRA trainer.
+//! - [`error`]: [`WorkerError`].
 
+pub mod config;
+pub mod daemon;
+pub mod error;
+mod job;
+mod report;
+mod rpc;
+pub mod synthetic;
 pub mod train;
 pub mod trainer;
+
+pub use config::{Config, TrainerKind, WorkerArgs, WorkerCli};
+pub use daemon::run;
+pub use error::WorkerError;

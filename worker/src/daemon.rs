@@ -1,0 +1,177 @@
+//! The worker daemon: register with the coordinator, then lease and run jobs one at a time until
+//! shut down.
+//!
+//! The coordinator may be down when the worker starts, or go away at any point; every call is
+//! retried with capped backoff and a log line saying so, and the daemon never exits because of
+//! it. Shutdown (the token) stops the running trainer, reports what it produced, releases the
+//! lease with `FailJob { released: true }` and returns.
+
+use std::time::Duration;
+
+use lorasweep_proto::pb::{self, workers_client::WorkersClient};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    Config, TrainerKind, WorkerError,
+    job::{self, JobContext},
+    rpc::{self, Backoff},
+    synthetic::SyntheticTrainer,
+    trainer::Trainer,
+};
+
+/// Per-call timeout: generous for a loaded coordinator, short enough that a hung connection is
+/// noticed and retried well within a lease TTL.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connect timeout; a refused connection fails at once anyway.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Builds the configured trainer.
+///
+/// # Errors
+/// [`WorkerError::TrainerUnavailable`] when the trainer cannot be built here.
+pub fn make_trainer(config: &Config) -> Result<Box<dyn Trainer>, WorkerError> {
+    match config.trainer {
+        TrainerKind::Synthetic => Ok(Box::new(SyntheticTrainer::new(config.synthetic_step))),
+        TrainerKind::Candle => Err(WorkerError::TrainerUnavailable(
+            "the candle trainer is not available yet in this build; use --trainer synthetic".into(),
+        )),
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+///
+/// # Errors
+/// Only for problems that retrying cannot fix: an unusable coordinator URL or trainer.
+/// An unreachable coordinator is waited for, not an error.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let mut trainer = make_trainer(&config)?;
+    let endpoint = Endpoint::from_shared(config.coordinator.clone())
+        .map_err(|source| WorkerError::Endpoint {
+            url: config.coordinator.clone(),
+            source,
+        })?
+        .timeout(CALL_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT);
+    // Lazy: the channel (re)connects on use, so a coordinator restart needs nothing from us.
+    let client = WorkersClient::new(endpoint.connect_lazy());
+
+    let Some(mut ctx) = register(&config, &client, &shutdown).await else {
+        return Ok(());
+    };
+    let mut idle = Backoff::new(config.max_backoff);
+    while !shutdown.is_cancelled() {
+        let leased = {
+            let mut c = client.clone();
+            c.lease_job(pb::LeaseJobRequest {
+                worker_id: ctx.worker_id.clone(),
+            })
+            .await
+        };
+        match leased {
+            Ok(resp) => match resp.into_inner().lease {
+                Some(lease) => {
+                    idle.reset();
+                    trainer = match job::run_job(&ctx, lease, trainer).await {
+                        Some(t) => t,
+                        None => make_trainer(&config)?,
+                    };
+                    continue;
+                }
+                None => tracing::debug!("no queued job"),
+            },
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                // The coordinator forgot us (a fresh database): register again.
+                tracing::warn!(error = %status.message(), "coordinator does not know this worker; registering again");
+                match register(&config, &client, &shutdown).await {
+                    Some(c) => ctx = c,
+                    None => break,
+                }
+                continue;
+            }
+            Err(status) => tracing::warn!(
+                coordinator = %config.coordinator, code = ?status.code(), error = %status.message(),
+                "leasing failed; coordinator unreachable? retrying"
+            ),
+        }
+        let wait = idle.next_wait();
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    tracing::info!(worker_id = %ctx.worker_id, "worker stopped");
+    Ok(())
+}
+
+/// Registers, retrying until the coordinator answers; `None` if shut down first.
+async fn register(
+    config: &Config,
+    client: &WorkersClient<Channel>,
+    shutdown: &CancellationToken,
+) -> Option<JobContext> {
+    let req = pb::RegisterWorkerRequest {
+        name: config.name.clone(),
+        device: config.device.clone(),
+        trainer: config.trainer.name().to_string(),
+    };
+    let mut backoff = Backoff::new(config.max_backoff);
+    loop {
+        let mut c = client.clone();
+        match c.register_worker(req.clone()).await {
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                let heartbeat_every = Duration::from_millis(resp.heartbeat_interval_ms.max(10));
+                tracing::info!(worker_id = %resp.worker_id, name = %config.name, lease_ttl_ms = resp.lease_ttl_ms,
+                    heartbeat_ms = heartbeat_every.as_millis() as u64, "registered with the coordinator");
+                return Some(JobContext {
+                    client: client.clone(),
+                    worker_id: resp.worker_id,
+                    heartbeat_every,
+                    max_backoff: config.max_backoff,
+                    shutdown: shutdown.clone(),
+                });
+            }
+            Err(status) => {
+                let wait = backoff.next_wait();
+                if rpc::is_transient(&status) {
+                    tracing::warn!(coordinator = %config.coordinator, code = ?status.code(), error = %status.message(),
+                        retry_in_ms = wait.as_millis() as u64, "cannot register: coordinator unreachable; retrying");
+                } else {
+                    tracing::error!(coordinator = %config.coordinator, code = ?status.code(), error = %status.message(),
+                        "registration refused; retrying");
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Cancels `token` on the first ctrl-c or SIGTERM, which is how `main` starts a graceful
+/// shutdown.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the worker");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown requested");
+    token.cancel();
+}

@@ -1,0 +1,23 @@
+//! The one error type of the worker library: what can stop the daemon itself.
+//!
+//! Per-job failures are not daemon errors: they are reported to the coordinator with `FailJob`
+//! and the daemon leases the next job.
+
+/// Why the worker daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A command-line flag or environment variable has a value the worker cannot use.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The selected trainer cannot be constructed in this build or on this machine.
+    #[error("trainer unavailable: {0}")]
+    TrainerUnavailable(String),
+    /// The coordinator URL does not parse as a gRPC endpoint.
+    #[error("coordinator URL {url:?}: {source}")]
+    Endpoint {
+        /// The URL as given.
+        url: String,
+        /// What tonic said about it.
+        source: tonic::transport::Error,
+    },
+}

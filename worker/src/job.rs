@@ -1,0 +1,358 @@
+//! Runs one leased attempt: the trainer on a blocking thread, the point reporter and the lease
+//! heartbeat on the async side, and the final `CompleteJob`/`FailJob`.
+//!
+//! The heartbeat has its own timer task, so a long training step never starves it. Whatever
+//! learns first that the attempt is no longer ours (a heartbeat answering `cancel`, or any call
+//! answered FAILED_PRECONDITION) calls [`JobControl::stop`]: the trainer sees it through
+//! [`Progress::cancelled`] and the job is dropped without another word to the coordinator.
+
+use std::{
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use lorasweep_common::{JobSpec, LossPoint, Series};
+use lorasweep_proto::pb;
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::{
+    report::{self, ReportEnd, ReportTarget},
+    rpc,
+    trainer::{Progress, TrainError, TrainOutcome, Trainer},
+};
+
+/// Capacity of the trainer → reporter channel. The trainer blocks when it is full, which only
+/// happens if the reporter stops draining (see `report::MAX_PENDING`).
+const POINT_CHANNEL: usize = 1024;
+
+/// How long a shutting-down worker keeps trying to deliver points and release its lease before
+/// giving up; the lease TTL then requeues the job anyway.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why an attempt was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    /// The coordinator no longer considers this attempt live (requeued after expiry, or gone).
+    LeaseLost,
+    /// A user cancelled the job.
+    Cancelled,
+}
+
+/// State shared by the trainer thread, the reporter and the heartbeat of one attempt.
+#[derive(Debug)]
+pub(crate) struct JobControl {
+    /// Cancelled when the attempt is dropped.
+    drop_token: CancellationToken,
+    /// The first reason it was dropped.
+    reason: Mutex<Option<StopReason>>,
+    /// The worker's shutdown: stops the trainer but not the reporting.
+    shutdown: CancellationToken,
+    /// Highest train step reported, for heartbeats.
+    step: AtomicU64,
+    /// Total steps, once the trainer said.
+    total: AtomicU64,
+    /// When a shutting-down worker stops retrying; fixed the first time it is asked for.
+    deadline: OnceLock<Instant>,
+}
+
+impl JobControl {
+    fn new(shutdown: CancellationToken) -> Self {
+        Self {
+            drop_token: CancellationToken::new(),
+            reason: Mutex::new(None),
+            shutdown,
+            step: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            deadline: OnceLock::new(),
+        }
+    }
+
+    /// Drops the attempt; the first reason sticks.
+    pub(crate) fn stop(&self, reason: StopReason) {
+        let mut r = self
+            .reason
+            .lock()
+            .expect("no code panics while holding this lock");
+        r.get_or_insert(reason);
+        self.drop_token.cancel();
+    }
+
+    /// Resolves once the attempt is dropped.
+    pub(crate) async fn dropped(&self) {
+        self.drop_token.cancelled().await;
+    }
+
+    /// True once the attempt is dropped.
+    pub(crate) fn is_dropped(&self) -> bool {
+        self.drop_token.is_cancelled()
+    }
+
+    fn reason(&self) -> Option<StopReason> {
+        *self
+            .reason
+            .lock()
+            .expect("no code panics while holding this lock")
+    }
+
+    /// `None` while the worker runs; during shutdown, the moment to stop retrying.
+    pub(crate) fn final_deadline(&self) -> Option<Instant> {
+        self.shutdown.is_cancelled().then(|| {
+            *self
+                .deadline
+                .get_or_init(|| Instant::now() + SHUTDOWN_GRACE)
+        })
+    }
+}
+
+/// The [`Progress`] the trainer thread sees: points go into the bounded channel.
+struct ChannelProgress {
+    tx: mpsc::Sender<LossPoint>,
+    control: Arc<JobControl>,
+}
+
+impl Progress for ChannelProgress {
+    fn total_steps(&mut self, steps: u64) {
+        self.control.total.store(steps, Ordering::Relaxed);
+    }
+
+    fn point(&mut self, point: LossPoint) {
+        if point.series == Series::Train {
+            self.control.step.fetch_max(point.step, Ordering::Relaxed);
+        }
+        // An error means the reporter is gone because the job was dropped: nothing to do.
+        let _ = self.tx.blocking_send(point);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.control.is_dropped() || self.control.shutdown.is_cancelled()
+    }
+}
+
+/// What one attempt needs from the daemon.
+#[derive(Debug, Clone)]
+pub(crate) struct JobContext {
+    /// The coordinator.
+    pub(crate) client: pb::workers_client::WorkersClient<Channel>,
+    /// This worker's id.
+    pub(crate) worker_id: String,
+    /// Heartbeat period from registration.
+    pub(crate) heartbeat_every: Duration,
+    /// Retry backoff cap.
+    pub(crate) max_backoff: Duration,
+    /// The worker's shutdown token.
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Runs `lease` to the end and reports the result. Returns the trainer for the next job, or
+/// `None` if it panicked (the daemon then builds a fresh one).
+pub(crate) async fn run_job(
+    ctx: &JobContext,
+    lease: pb::Lease,
+    trainer: Box<dyn Trainer>,
+) -> Option<Box<dyn Trainer>> {
+    let job_id = lease.job_id.clone();
+    let attempt = lease.attempt;
+    let spec: JobSpec = match serde_json::from_str(&lease.spec_json) {
+        Ok(s) => s,
+        Err(e) => {
+            let error = format!("job spec does not parse: {e}");
+            tracing::error!(%job_id, %error);
+            fail(ctx, &lease, error, false, false).await;
+            return Some(trainer);
+        }
+    };
+    tracing::info!(%job_id, attempt, init = %spec.init, lr = spec.lr, seed = spec.seed, "leased job");
+
+    let control = Arc::new(JobControl::new(ctx.shutdown.clone()));
+    let (tx, rx) = mpsc::channel(POINT_CHANNEL);
+    let target = ReportTarget {
+        client: ctx.client.clone(),
+        job_id: job_id.clone(),
+        attempt,
+        max_backoff: ctx.max_backoff,
+    };
+    let reporter = tokio::spawn(report::run(target, rx, control.clone()));
+    let heartbeat_done = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        ctx.clone(),
+        job_id.clone(),
+        attempt,
+        control.clone(),
+        heartbeat_done.clone(),
+    ));
+
+    let mut progress = ChannelProgress {
+        tx,
+        control: control.clone(),
+    };
+    let training = tokio::task::spawn_blocking(move || {
+        let mut trainer = trainer;
+        let result = trainer.train(&spec, &mut progress);
+        // `progress` (and so the channel's sender) drops here, which ends the reporter's drain.
+        (trainer, result)
+    });
+    let (trainer, result) = match training.await {
+        Ok((t, r)) => (Some(t), r),
+        Err(e) => (
+            None,
+            Err(TrainError::Invalid(format!("trainer panicked: {e}"))),
+        ),
+    };
+    let reported = reporter.await.unwrap_or(ReportEnd::GaveUp);
+
+    if let Some(reason) = control.reason() {
+        tracing::warn!(%job_id, attempt, ?reason, "dropped job");
+    } else {
+        finish(ctx, &lease, result, reported).await;
+    }
+    heartbeat_done.cancel();
+    let _ = heartbeat.await;
+    trainer
+}
+
+/// Sends the attempt's end: release on shutdown, completion, or failure.
+async fn finish(
+    ctx: &JobContext,
+    lease: &pb::Lease,
+    result: Result<TrainOutcome, TrainError>,
+    reported: ReportEnd,
+) {
+    let job_id = &lease.job_id;
+    match result {
+        Err(TrainError::Cancelled) if ctx.shutdown.is_cancelled() => {
+            tracing::info!(%job_id, "shutting down: giving the job back");
+            fail(ctx, lease, "worker shut down".into(), true, true).await;
+        }
+        _ if reported != ReportEnd::Flushed => {
+            // Completing with points missing would store a gapped curve; the lease will expire
+            // and another attempt reruns the job.
+            tracing::warn!(%job_id, ?reported, "points undelivered; leaving the job to lease expiry");
+        }
+        Ok(outcome) => {
+            let state = if outcome.diverged {
+                pb::JobState::Diverged
+            } else {
+                pb::JobState::Succeeded
+            };
+            let req = pb::CompleteJobRequest {
+                worker_id: ctx.worker_id.clone(),
+                job_id: job_id.clone(),
+                attempt: lease.attempt,
+                state: state as i32,
+                final_eval_loss: outcome.final_eval_loss,
+                tokens: outcome.tokens,
+                seconds: outcome.seconds,
+            };
+            let deadline = ctx
+                .shutdown
+                .is_cancelled()
+                .then(|| Instant::now() + SHUTDOWN_GRACE);
+            let sent = rpc::retry("CompleteJob", ctx.max_backoff, deadline, || {
+                let mut client = ctx.client.clone();
+                let req = req.clone();
+                async move { client.complete_job(req).await }
+            })
+            .await;
+            match sent {
+                Ok(_) => {
+                    tracing::info!(%job_id, ?state, final_eval_loss = ?outcome.final_eval_loss,
+                    seconds = outcome.seconds, "job finished")
+                }
+                Err(status) => {
+                    tracing::warn!(%job_id, code = ?status.code(), error = %status.message(),
+                    "completion not accepted")
+                }
+            }
+        }
+        Err(e) => {
+            let retryable = is_retryable(&e);
+            tracing::warn!(%job_id, error = %e, retryable, "job failed");
+            fail(ctx, lease, e.to_string(), retryable, false).await;
+        }
+    }
+}
+
+/// Whether a failed run may succeed on another attempt: bad models, data and settings do not
+/// fix themselves; tensor and I/O errors (out of memory, a flaky disk) may.
+fn is_retryable(e: &TrainError) -> bool {
+    match e {
+        TrainError::Model(_) | TrainError::Data(_) | TrainError::Invalid(_) => false,
+        TrainError::Candle(_) | TrainError::Io { .. } | TrainError::Cancelled => true,
+    }
+}
+
+/// `FailJob`, retried while the coordinator is unreachable.
+async fn fail(ctx: &JobContext, lease: &pb::Lease, error: String, retryable: bool, released: bool) {
+    let req = pb::FailJobRequest {
+        worker_id: ctx.worker_id.clone(),
+        job_id: lease.job_id.clone(),
+        attempt: lease.attempt,
+        error,
+        retryable,
+        released,
+    };
+    let deadline = ctx
+        .shutdown
+        .is_cancelled()
+        .then(|| Instant::now() + SHUTDOWN_GRACE);
+    let sent = rpc::retry("FailJob", ctx.max_backoff, deadline, || {
+        let mut client = ctx.client.clone();
+        let req = req.clone();
+        async move { client.fail_job(req).await }
+    })
+    .await;
+    if let Err(status) = sent {
+        tracing::warn!(job_id = %lease.job_id, code = ?status.code(), error = %status.message(),
+            "failure report not accepted");
+    }
+}
+
+/// Extends the lease every `heartbeat_every` until `done`, independently of training. Stops the
+/// attempt when the coordinator says `cancel` or that the lease is gone.
+async fn heartbeat_loop(
+    ctx: JobContext,
+    job_id: String,
+    attempt: u32,
+    control: Arc<JobControl>,
+    done: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(ctx.heartbeat_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = done.cancelled() => return,
+            () = control.dropped() => return,
+            _ = ticker.tick() => {}
+        }
+        let req = pb::HeartbeatRequest {
+            worker_id: ctx.worker_id.clone(),
+            job_id: job_id.clone(),
+            attempt,
+            step: control.step.load(Ordering::Relaxed),
+            total_steps: control.total.load(Ordering::Relaxed),
+        };
+        let mut client = ctx.client.clone();
+        match client.heartbeat(req).await {
+            Ok(resp) if resp.get_ref().cancel => {
+                tracing::info!(%job_id, "job cancelled by the coordinator");
+                control.stop(StopReason::Cancelled);
+                return;
+            }
+            Ok(_) => {}
+            Err(status) if rpc::is_lease_lost(&status) => {
+                tracing::warn!(%job_id, attempt, error = %status.message(), "heartbeat rejected: lease lost");
+                control.stop(StopReason::LeaseLost);
+                return;
+            }
+            Err(status) => {
+                tracing::warn!(%job_id, code = ?status.code(), error = %status.message(),
+                    coordinator_unreachable = true, "heartbeat failed; will keep trying");
+            }
+        }
+    }
+}
