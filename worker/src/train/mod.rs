@@ -10,13 +10,19 @@
 //! - [`optim`]: AdamW (torch semantics), gradient accumulation, norm clipping.
 //! - [`schedule`]: linear warmup/decay learning rate.
 //! - [`run`]: the training loop (eval cadence, accumulation, stepping, divergence).
+//! - [`adapter`]: PEFT adapter directories (save and load).
+//! - [`bench`]: random-weight training-step benchmark at real model shapes.
 //! - [`tiny`]: generated tiny Qwen2 checkpoints and no_robots-format data for tests and the demo.
 
+pub mod adapter;
+pub mod bench;
 pub mod data;
 pub mod frozen;
 pub mod init;
 pub mod lora;
 pub mod model;
+#[cfg(test)]
+mod model_tests;
 pub mod optim;
 pub mod ops;
 pub mod rng;

@@ -280,7 +280,19 @@ pub fn read_config(dir: &Path) -> std::result::Result<Qwen2Config, TrainError> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| TrainError::Model(format!("missing or unreadable {}: {e}", path.display())))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))
+    let mut json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))?;
+    // transformers ≥ 5 writes `rope_parameters: {rope_theta, rope_type}` instead of `rope_theta`.
+    if json.get("rope_theta").is_none() {
+        let theta = json
+            .get("rope_parameters")
+            .and_then(|r| r.get("rope_theta"))
+            .cloned();
+        if let (Some(theta), Some(obj)) = (theta, json.as_object_mut()) {
+            obj.insert("rope_theta".into(), theta);
+        }
+    }
+    serde_json::from_value(json).map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))
 }
 
 /// The weight files of a model directory: `model.safetensors`, or every shard named in

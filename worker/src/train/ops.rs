@@ -11,11 +11,21 @@
 
 use candle_core::{D, DType, Device, Result, Tensor};
 
+/// The dtype reductions run in: f32, or f64 for f64 inputs (f64 is only used by the
+/// finite-difference tests, which need the extra precision end to end).
+fn work_dtype(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
 /// RMSNorm as in `Qwen2RMSNorm`: computed in f32, normalised value cast back to the input
 /// dtype, then multiplied by the weight (`weight * hs.to(input_dtype)`).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
-    let xf = x.to_dtype(DType::F32)?;
+    let xf = x.to_dtype(work_dtype(dtype))?;
     let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = xf.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dtype)?;
     normed.broadcast_mul(&weight.to_dtype(dtype)?)
@@ -105,14 +115,15 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// the scores' dtype (HF eager attention). `scores` is `[b, h, t, t]`, `mask` `[t, t]` f32.
 pub fn causal_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let dtype = scores.dtype();
-    let s = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
+    let wd = work_dtype(dtype);
+    let s = scores.to_dtype(wd)?.broadcast_add(&mask.to_dtype(wd)?)?;
     softmax_last(&s)?.to_dtype(dtype)
 }
 
 /// Per-row `logsumexp(logits) - logits[target]`, summed over rows, in f32. `logits` is
 /// `[n, vocab]`, `targets` `[n]` u32. Divide by the token count for torch's mean CE.
 pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logits = logits.to_dtype(DType::F32)?;
+    let logits = logits.to_dtype(work_dtype(logits.dtype()))?;
     let max = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
@@ -181,32 +192,31 @@ pub(crate) mod tests {
         let x = Var::from_tensor(&rand_f64(&[2, 3, 8], 1))?;
         let w = Var::from_tensor(&rand_f64(&[8], 2))?;
         let p = probe(&[2, 3, 8]);
-        // rms_norm computes in f32 internally; use the f64 path by checking through a
-        // dtype-preserving formulation at f64 precision: the f32 cast would dominate the error.
         let f = || {
-            rms_norm_f64(x.as_tensor(), w.as_tensor(), 1e-6)?
+            rms_norm(x.as_tensor(), w.as_tensor(), 1e-6)?
                 .mul(&p)?
                 .sum_all()
         };
         assert!(check_grad(&x, &f)? < 1e-6);
         assert!(check_grad(&w, &f)? < 1e-6);
-        // And the production op agrees with the f64 formulation in value and gradient.
-        let a = rms_norm(x.as_tensor(), w.as_tensor(), 1e-6)?;
-        let b = rms_norm_f64(x.as_tensor(), w.as_tensor(), 1e-6)?;
+        // The f32 path (the production dtype) agrees with the f64 one: y_i = x_i/rms(x)·w_i.
+        let xf = x.as_tensor().to_dtype(DType::F32)?;
+        let wf = w.as_tensor().to_dtype(DType::F32)?;
+        let a = rms_norm(&xf, &wf, 1e-6)?.to_dtype(DType::F64)?;
+        let b = rms_norm(x.as_tensor(), w.as_tensor(), 1e-6)?;
         let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f64>()?;
         assert!(diff < 1e-6, "{diff}");
-        let gx = rms_norm(x.as_tensor(), w.as_tensor(), 1e-6)?
-            .mul(&p)?
-            .sum_all()?
-            .backward()?;
-        assert!(gx.get(&x).is_some() && gx.get(&w).is_some());
+        let xv: Vec<f64> = x.as_tensor().narrow(2, 0, 8)?.get(0)?.get(0)?.to_vec1()?;
+        let rms = (xv.iter().map(|v| v * v).sum::<f64>() / 8.0 + 1e-6).sqrt();
+        let wv: Vec<f64> = w.as_tensor().to_vec1()?;
+        let bv: Vec<f64> = rms_norm(x.as_tensor(), w.as_tensor(), 1e-6)?
+            .get(0)?
+            .get(0)?
+            .to_vec1()?;
+        for i in 0..8 {
+            assert!((bv[i] - xv[i] / rms * wv[i]).abs() < 1e-12);
+        }
         Ok(())
-    }
-
-    /// The same formula as [`rms_norm`] without the f32 round trip, for f64 gradient checks.
-    fn rms_norm_f64(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-        x.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)
     }
 
     #[test]
@@ -276,22 +286,14 @@ pub(crate) mod tests {
     fn cross_entropy_grads_match_and_equal_log_softmax_nll() -> anyhow::Result<()> {
         let logits = Var::from_tensor(&rand_f64(&[6, 5], 5))?;
         let targets = Tensor::new(&[0u32, 4, 2, 2, 1, 3], &Device::Cpu)?;
-        let f = || cross_entropy_sum_f64(logits.as_tensor(), &targets);
+        let f = || cross_entropy_sum(logits.as_tensor(), &targets);
         assert!(check_grad(&logits, &f)? < 1e-6);
-        let ours = cross_entropy(logits.as_tensor(), &targets)?.to_scalar::<f32>()? as f64;
+        let ours = cross_entropy(&logits.as_tensor().to_dtype(DType::F32)?, &targets)?
+            .to_scalar::<f32>()? as f64;
         let reference =
             candle_nn::loss::cross_entropy(logits.as_tensor(), &targets)?.to_scalar::<f64>()?;
         assert!((ours - reference).abs() < 1e-6, "{ours} vs {reference}");
         Ok(())
-    }
-
-    /// [`cross_entropy_sum`] without the f32 cast, for f64 gradient checks.
-    fn cross_entropy_sum_f64(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let max = logits.max_keepdim(D::Minus1)?.detach();
-        let shifted = logits.broadcast_sub(&max)?;
-        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        let picked = shifted.gather(&targets.unsqueeze(1)?, 1)?;
-        lse.sub(&picked)?.sum_all()
     }
 
     #[test]
