@@ -347,3 +347,108 @@ fn training_curve_and_final_adapter_match_peft() -> anyhow::Result<()> {
     assert!(worst < 1e-5, "final adapter error {worst:e}");
     Ok(())
 }
+
+#[test]
+fn train_local_from_files_reproduces_the_golden_curve_and_saves_the_adapter() -> anyhow::Result<()>
+{
+    use lorasweep_worker::train::{CandleTrainer, LocalOpts, train_local};
+    let g = goldens()?;
+    let s = &g["settings"];
+    let u = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("settings.{k}"));
+    let out_dir = tempfile::tempdir()?;
+    let job = JobSpec {
+        model: ModelSpec {
+            path: root()
+                .join("tests/fixtures/tiny-qwen2")
+                .display()
+                .to_string(),
+            dtype: "f32".into(),
+        },
+        data: DataSpec {
+            path: root()
+                .join("tests/fixtures/tiny-data")
+                .display()
+                .to_string(),
+            max_length: u("max_length") as usize,
+            shuffle: false,
+        },
+        lora: spec(&g),
+        train: TrainSpec {
+            micro_batch: u("micro_batch") as usize,
+            grad_accum: u("grad_accum") as usize,
+            eval_every: u("eval_every"),
+            divergence_threshold: 100.0,
+            ..TrainSpec::default()
+        },
+        init: LoraInit::Standard,
+        lr: s["lr"].as_f64().context("lr")?,
+        seed: 0,
+    };
+    let opts = LocalOpts {
+        device: "cpu".into(),
+        init_from_adapter: Some(root().join("tests/fixtures/parity-adapter")),
+        save_adapter: Some(out_dir.path().join("adapter")),
+    };
+    let mut rec = Recorder::default();
+    let out = train_local(&job, &opts, &mut rec)?;
+    let want = g["curve"]["eval"]
+        .as_array()
+        .and_then(|e| e.last())
+        .and_then(|p| p[1].as_f64())
+        .context("final")?;
+    assert!(rel(out.final_eval_loss.context("final")?, want) < LOSS_RTOL);
+    assert_eq!(
+        rec.0.iter().filter(|p| p.series == Series::Train).count(),
+        22
+    );
+
+    // The saved adapter is the golden final adapter.
+    let saved = candle_core::safetensors::load(
+        out_dir.path().join("adapter/adapter_model.safetensors"),
+        &Device::Cpu,
+    )?;
+    let ours: HashMap<String, Vec<f64>> = saved
+        .iter()
+        .map(|(k, t)| {
+            Ok((
+                k.clone(),
+                t.flatten_all()?
+                    .to_vec1::<f32>()?
+                    .into_iter()
+                    .map(f64::from)
+                    .collect(),
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    assert!(worst_tensor_error(&ours, &g["final_adapter"])? < 1e-5);
+
+    // A second job on the same trainer reuses the resident model and data and is unaffected by
+    // the first: a standard init with max_steps 0 evaluates the base model exactly (B = 0).
+    let mut trainer = CandleTrainer::new("cpu")?;
+    let mut job0 = job.clone();
+    job0.train.max_steps = Some(2);
+    trainer.run_job(&job0, None, None, &mut Recorder::default())?;
+    job0.train.max_steps = Some(0);
+    let out0 = trainer.run_job(&job0, None, None, &mut Recorder::default())?;
+    let base = g["base_eval_loss"].as_f64().context("base")?;
+    assert!(rel(out0.final_eval_loss.context("eval")?, base) < LOSS_RTOL);
+    Ok(())
+}
+
+#[test]
+fn a_wrong_model_dir_names_the_missing_file() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let err = Qwen2Model::load(dir.path(), DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("config.json"), "{err}");
+    std::fs::copy(
+        root().join("tests/fixtures/tiny-qwen2/config.json"),
+        dir.path().join("config.json"),
+    )?;
+    let err = Qwen2Model::load(dir.path(), DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+    Ok(())
+}

@@ -12,6 +12,7 @@
 //! - [`run`]: the training loop (eval cadence, accumulation, stepping, divergence).
 //! - [`adapter`]: PEFT adapter directories (save and load).
 //! - [`bench`]: random-weight training-step benchmark at real model shapes.
+//! - [`local`]: [`CandleTrainer`] (the daemon's trainer, base model resident across jobs) and [`train_local`].
 //! - [`tiny`]: generated tiny Qwen2 checkpoints and no_robots-format data for tests and the demo.
 
 pub mod adapter;
@@ -19,6 +20,7 @@ pub mod bench;
 pub mod data;
 pub mod frozen;
 pub mod init;
+pub mod local;
 pub mod lora;
 pub mod model;
 #[cfg(test)]
@@ -29,3 +31,5 @@ pub mod rng;
 pub mod run;
 pub mod schedule;
 pub mod tiny;
+
+pub use local::{CandleTrainer, LocalOpts, train_local};
