@@ -12,8 +12,10 @@ use lorasweep_worker::train::tiny::{self, TinyModelConfig};
 pub(crate) struct MakeTinyModelArgs {
     /// Output directory (created; existing files are overwritten).
     dir: PathBuf,
-    /// Tokenizer size to train (byte-level BPE; at least 259); the model's vocab_size is at least this.
-    #[arg(long, default_value_t = 512)]
+    /// Tokenizer size to train (byte-level BPE; at least 259); the model's vocab_size is at least
+    /// this. The random model's loss is about ln(vocab): the default keeps it under the default
+    /// divergence threshold (6.0).
+    #[arg(long, default_value_t = 320)]
     vocab: usize,
     /// Hidden size.
     #[arg(long, default_value_t = 64)]
