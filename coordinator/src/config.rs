@@ -1,0 +1,88 @@
+//! Command-line flags and environment variables of `lorasweep-coordinator` ([`Cli`]), validated
+//! into the [`Config`] the library runs with.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use crate::clock::{Clock, SystemClock};
+
+/// Run the lorasweep coordinator: a gRPC server keeping sweeps, jobs, leases and loss curves in
+/// SQLite.
+#[derive(Debug, clap::Parser)]
+#[command(name = "lorasweep-coordinator", version, about)]
+pub struct Cli {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "LORASWEEP_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Directory holding the SQLite database (created if missing).
+    #[arg(long, env = "LORASWEEP_DATA_DIR", default_value = "lorasweep-data")]
+    pub data_dir: PathBuf,
+    /// How long a lease lives past its last heartbeat (e.g. `30s`, `2m`).
+    #[arg(long, env = "LORASWEEP_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    /// Failed or expired attempts after which a job is marked failed.
+    #[arg(long, env = "LORASWEEP_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+}
+
+/// Validated coordinator settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of the SQLite database.
+    pub data_dir: PathBuf,
+    /// A lease lives this long past its last heartbeat.
+    pub lease_ttl: Duration,
+    /// Failed or expired attempts after which a job is marked failed (≥ 1).
+    pub max_attempts: u32,
+    /// How often the reaper looks for expired leases. A fraction of the TTL in production;
+    /// tests with a manual clock shorten it so a requeue shows up quickly.
+    pub reap_interval: Duration,
+    /// Minimum time between two snapshots of one WatchSweep stream, so a sweep receiving 50k
+    /// points/s does not make every watcher re-read it 50k times a second.
+    pub watch_interval: Duration,
+    /// Where "now" comes from.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Shortest lease TTL accepted: workers heartbeat at a third of it, and sub-second heartbeats
+/// would load the single writer for nothing.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+
+impl Config {
+    /// Settings for `data_dir` with production defaults (30 s TTL, 3 attempts, system clock).
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            lease_ttl: Duration::from_secs(30),
+            max_attempts: 3,
+            reap_interval: Duration::from_secs(1),
+            watch_interval: Duration::from_millis(250),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The interval workers are told to heartbeat at.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.lease_ttl / 3
+    }
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = crate::Error;
+
+    fn try_from(cli: Cli) -> Result<Self, Self::Error> {
+        if cli.lease_ttl < MIN_LEASE_TTL {
+            return Err(crate::Error::InvalidArgument(format!(
+                "--lease-ttl {} is too short; allowed: ≥ 1s",
+                humantime::format_duration(cli.lease_ttl)
+            )));
+        }
+        if cli.max_attempts == 0 {
+            return Err(crate::Error::InvalidArgument("--max-attempts 0 is not allowed; allowed: ≥ 1".into()));
+        }
+        let mut config = Config::new(cli.data_dir);
+        config.lease_ttl = cli.lease_ttl;
+        config.max_attempts = cli.max_attempts;
+        config.reap_interval = (cli.lease_ttl / 4).min(Duration::from_secs(1));
+        Ok(config)
+    }
+}

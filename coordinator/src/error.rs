@@ -1,0 +1,51 @@
+//! The one error type of the coordinator. `grpc::status` maps it onto gRPC codes in one place.
+
+/// What a coordinator operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request or sweep file is malformed; the message names the field and what is allowed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A sweep file failed validation.
+    #[error(transparent)]
+    Spec(#[from] lorasweep_common::Error),
+    /// An id names nothing stored.
+    #[error("{0}")]
+    NotFound(String),
+    /// The call carries an attempt that is not the job's live lease (requeued, expired, finished
+    /// or cancelled meanwhile): the caller must drop the job.
+    #[error("{0}")]
+    StaleLease(String),
+    /// The job or sweep is in a state that does not allow the call.
+    #[error("{0}")]
+    WrongState(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying the embedded migrations failed.
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database's write transaction failed to commit, so nothing of the call was stored.
+    #[error("commit failed: {0}")]
+    Commit(String),
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Serving gRPC failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The store's writer task is gone (the coordinator is shutting down).
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+    /// Stored data could not be decoded (edited by hand, or from a newer version).
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+/// Shorthand for coordinator results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

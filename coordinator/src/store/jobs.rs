@@ -1,0 +1,322 @@
+//! Jobs and their leases. A lease is `(job, attempt)`: `attempt` grows by one on every lease and
+//! is never reset, so it fences off every earlier holder. Every job-scoped worker call is checked
+//! by [`check_lease`] inside the writer, in the same transaction as its effect.
+
+use lorasweep_common::JobState;
+use sqlx::{FromRow, SqliteConnection};
+use tracing::{info, warn};
+
+use super::{Store, event, state_of};
+use crate::error::{Error, Result};
+
+/// Columns of [`JobRow`], in its order.
+const JOB_COLUMNS: &str = "id, sweep_id, init, lr, seed, state, attempt, failures, worker_id, lease_expires_at, \
+     step, total_steps, last_train_loss, final_eval_loss, tokens, seconds, error, updated_at";
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub(crate) struct JobRow {
+    pub(crate) id: String,
+    pub(crate) sweep_id: String,
+    pub(crate) init: String,
+    pub(crate) lr: f64,
+    pub(crate) seed: i64,
+    pub(crate) state: String,
+    pub(crate) attempt: i64,
+    pub(crate) failures: i64,
+    pub(crate) worker_id: Option<String>,
+    pub(crate) lease_expires_at: i64,
+    pub(crate) step: i64,
+    pub(crate) total_steps: i64,
+    pub(crate) last_train_loss: Option<f64>,
+    pub(crate) final_eval_loss: Option<f64>,
+    pub(crate) tokens: i64,
+    pub(crate) seconds: f64,
+    pub(crate) error: String,
+    pub(crate) updated_at: i64,
+}
+
+/// A granted lease.
+#[derive(Debug, Clone, FromRow)]
+pub(crate) struct LeaseRow {
+    pub(crate) id: String,
+    pub(crate) sweep_id: String,
+    pub(crate) attempt: i64,
+    pub(crate) spec_json: String,
+    pub(crate) lease_expires_at: i64,
+}
+
+/// What a heartbeat learned.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Beat {
+    /// New expiry; 0 when the job was cancelled.
+    pub(crate) expires_at: i64,
+    /// The job was cancelled: stop.
+    pub(crate) cancel: bool,
+}
+
+/// The lease-relevant columns of a job.
+#[derive(Debug, FromRow)]
+pub(crate) struct LeaseState {
+    pub(crate) pk: i64,
+    pub(crate) sweep_id: String,
+    pub(crate) state: String,
+    pub(crate) attempt: i64,
+    pub(crate) worker_id: Option<String>,
+    pub(crate) lease_expires_at: i64,
+}
+
+/// Checks that `(job_id, attempt)` is the job's current attempt, held by `worker` (if given),
+/// and returns the job's lease state. A cancelled job passes only if `allow_cancelled`; any
+/// other state, another attempt or an expired lease is [`Error::StaleLease`]/[`Error::WrongState`].
+pub(crate) async fn check_lease(
+    conn: &mut SqliteConnection,
+    now: i64,
+    job_id: &str,
+    attempt: u32,
+    worker: Option<&str>,
+    allow_cancelled: bool,
+) -> Result<(LeaseState, JobState)> {
+    let job: LeaseState =
+        sqlx::query_as("SELECT pk, sweep_id, state, attempt, worker_id, lease_expires_at FROM jobs WHERE id = ?1")
+            .bind(job_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| unknown_job(job_id))?;
+    if i64::from(attempt) != job.attempt {
+        return Err(Error::StaleLease(format!(
+            "attempt {attempt} of job {job_id} is stale: the job's current attempt is {}; drop the job",
+            job.attempt
+        )));
+    }
+    if let Some(worker) = worker
+        && job.worker_id.as_deref() != Some(worker)
+    {
+        return Err(Error::StaleLease(format!(
+            "job {job_id} attempt {attempt} is held by worker {:?}, not {worker:?}",
+            job.worker_id.as_deref().unwrap_or("")
+        )));
+    }
+    let state = state_of(&job.state)?;
+    match state {
+        JobState::Running if now >= job.lease_expires_at => Err(Error::StaleLease(format!(
+            "the lease of job {job_id} attempt {attempt} expired at {} (now {now}); drop the job",
+            job.lease_expires_at
+        ))),
+        JobState::Running => Ok((job, state)),
+        JobState::Cancelled if allow_cancelled => Ok((job, state)),
+        other => {
+            Err(Error::WrongState(format!("job {job_id} is {other}, not running; attempt {attempt} must drop it")))
+        }
+    }
+}
+
+/// [`Error::NotFound`] for a job id.
+pub(crate) fn unknown_job(job_id: &str) -> Error {
+    Error::NotFound(format!("no job with id {job_id:?}"))
+}
+
+impl Store {
+    /// A sweep's jobs in grid order, optionally only those in `state`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown sweep.
+    pub(crate) async fn list_jobs(&self, sweep_id: &str, state: Option<JobState>) -> Result<Vec<JobRow>> {
+        let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE sweep_id = ?1 AND (?2 IS NULL OR state = ?2) ORDER BY ord"
+        )))
+        .bind(sweep_id)
+        .bind(state.map(|s| s.name()))
+        .fetch_all(&self.reads)
+        .await?;
+        if rows.is_empty() {
+            // Distinguish "no such sweep" from "no job in that state".
+            self.get_sweep(sweep_id).await?;
+        }
+        Ok(rows)
+    }
+
+    /// Leases the oldest queued job to `worker_id`, or returns `None` when nothing is queued.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unregistered worker.
+    pub(crate) async fn lease(&self, worker_id: String) -> Result<Option<LeaseRow>> {
+        let now = self.now();
+        let expires = now + self.lease_ttl_ms;
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    super::workers::touch(conn, &worker_id, now).await?;
+                    // One statement: the single writer already serialises leases, and this stays
+                    // atomic even if another process ever writes the file.
+                    let lease: Option<LeaseRow> = sqlx::query_as(
+                        "UPDATE jobs SET state = 'running', attempt = attempt + 1, worker_id = ?1, \
+                         lease_expires_at = ?2, updated_at = ?3, step = 0, total_steps = 0, last_train_loss = NULL \
+                         WHERE pk = (SELECT pk FROM jobs WHERE state = 'queued' ORDER BY pk LIMIT 1) \
+                         RETURNING id, sweep_id, attempt, spec_json, lease_expires_at",
+                    )
+                    .bind(&worker_id)
+                    .bind(expires)
+                    .bind(now)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    if let Some(lease) = &lease {
+                        let detail = format!("attempt {} to worker {worker_id}", lease.attempt);
+                        event(conn, now, &lease.sweep_id, Some(&lease.id), "leased", &detail).await?;
+                    }
+                    Ok(lease)
+                })
+            })
+            .await
+    }
+
+    /// Extends a live lease and records progress; a cancelled job answers `cancel`.
+    pub(crate) async fn heartbeat(
+        &self,
+        worker_id: String,
+        job_id: String,
+        attempt: u32,
+        step: u64,
+        total_steps: u64,
+    ) -> Result<Beat> {
+        let now = self.now();
+        let expires = now + self.lease_ttl_ms;
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let (job, state) = check_lease(conn, now, &job_id, attempt, Some(&worker_id), true).await?;
+                    super::workers::touch(conn, &worker_id, now).await?;
+                    if state == JobState::Cancelled {
+                        return Ok(Beat { expires_at: 0, cancel: true });
+                    }
+                    sqlx::query(
+                        "UPDATE jobs SET lease_expires_at = ?2, step = max(step, ?3), \
+                         total_steps = CASE WHEN ?4 > 0 THEN ?4 ELSE total_steps END, updated_at = ?5 WHERE pk = ?1",
+                    )
+                    .bind(job.pk)
+                    .bind(expires)
+                    .bind(step as i64)
+                    .bind(total_steps as i64)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(Beat { expires_at: expires, cancel: false })
+                })
+            })
+            .await
+    }
+
+    /// Ends a live attempt with a result (`Succeeded` or `Diverged`).
+    pub(crate) async fn complete(
+        &self,
+        worker_id: String,
+        job_id: String,
+        attempt: u32,
+        state: JobState,
+        final_eval_loss: Option<f64>,
+        tokens: u64,
+        seconds: f64,
+    ) -> Result<()> {
+        let now = self.now();
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let (job, _) = check_lease(conn, now, &job_id, attempt, Some(&worker_id), false).await?;
+                    sqlx::query(
+                        "UPDATE jobs SET state = ?2, final_eval_loss = ?3, tokens = ?4, seconds = ?5, \
+                         lease_expires_at = 0, error = '', updated_at = ?6 WHERE pk = ?1",
+                    )
+                    .bind(job.pk)
+                    .bind(state.name())
+                    .bind(final_eval_loss)
+                    .bind(tokens as i64)
+                    .bind(seconds)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                    let detail = format!("attempt {attempt}: {state}, final eval loss {final_eval_loss:?}");
+                    event(conn, now, &job.sweep_id, Some(&job_id), "completed", &detail).await?;
+                    info!(job_id, attempt, %state, "job finished");
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    /// Ends a live attempt with an error. `released`: requeued without using an attempt;
+    /// otherwise requeued while attempts remain and the error is retryable, else failed.
+    /// Returns the job's new state.
+    pub(crate) async fn fail(
+        &self,
+        worker_id: String,
+        job_id: String,
+        attempt: u32,
+        error: String,
+        retryable: bool,
+        released: bool,
+    ) -> Result<JobState> {
+        let now = self.now();
+        let max_attempts = i64::from(self.max_attempts);
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let (job, _) = check_lease(conn, now, &job_id, attempt, Some(&worker_id), false).await?;
+                    let failures: i64 =
+                        sqlx::query_scalar("SELECT failures FROM jobs WHERE pk = ?1").bind(job.pk).fetch_one(&mut *conn).await?;
+                    let (state, failures, kind) = if released {
+                        (JobState::Queued, failures, "released")
+                    } else if retryable && failures + 1 < max_attempts {
+                        (JobState::Queued, failures + 1, "failed-attempt")
+                    } else {
+                        (JobState::Failed, failures + 1, "failed")
+                    };
+                    sqlx::query(
+                        "UPDATE jobs SET state = ?2, failures = ?3, error = ?4, lease_expires_at = 0, updated_at = ?5 WHERE pk = ?1",
+                    )
+                    .bind(job.pk)
+                    .bind(state.name())
+                    .bind(failures)
+                    .bind(if released && error.is_empty() { "released by its worker" } else { error.as_str() })
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+                    let detail = format!("attempt {attempt} (retryable {retryable}): {error}");
+                    event(conn, now, &job.sweep_id, Some(&job_id), kind, &detail).await?;
+                    warn!(job_id, attempt, %state, released, error, "attempt ended with an error");
+                    Ok(state)
+                })
+            })
+            .await
+    }
+
+    /// Requeues every running job whose lease has expired (or fails it once it has used up
+    /// `max_attempts`). Returns how many leases expired.
+    pub(crate) async fn reap(&self) -> Result<usize> {
+        let now = self.now();
+        let max_attempts = i64::from(self.max_attempts);
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let expired: Vec<(String, String, i64, String)> = sqlx::query_as(
+                        "UPDATE jobs SET failures = failures + 1, \
+                         state = CASE WHEN failures + 1 >= ?2 THEN 'failed' ELSE 'queued' END, \
+                         error = 'lease of attempt ' || attempt || ' expired (no heartbeat)', \
+                         lease_expires_at = 0, updated_at = ?1 \
+                         WHERE state = 'running' AND lease_expires_at <= ?1 \
+                         RETURNING id, sweep_id, attempt, state",
+                    )
+                    .bind(now)
+                    .bind(max_attempts)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    for (job_id, sweep_id, attempt, state) in &expired {
+                        warn!(job_id, attempt, state, "lease expired");
+                        let detail = format!("attempt {attempt} expired; now {state}");
+                        event(conn, now, sweep_id, Some(job_id), "expired", &detail).await?;
+                    }
+                    Ok(expired.len())
+                })
+            })
+            .await
+    }
+}

@@ -1,0 +1,138 @@
+//! Persistence: every SQL statement of the coordinator, behind [`Store`].
+//!
+//! Writes go through the single [`writer::Writer`] task; reads use a small pool of their own
+//! connections (WAL lets them run beside the writer and see only committed data).
+//!
+//! # Layout
+//! - [`writer`]: the writer task that batches operations into transactions.
+//! - [`sweeps`]: submit, read, cancel and retry sweeps.
+//! - [`jobs`]: leases (lease, heartbeat, complete, fail, reap) and job listings.
+//! - [`points`]: loss points in, curves out.
+//! - [`workers`]: worker registration and listing.
+
+pub(crate) mod jobs;
+pub(crate) mod points;
+pub(crate) mod sweeps;
+pub(crate) mod workers;
+pub(crate) mod writer;
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use sqlx::{
+    SqliteConnection, SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::{
+    Config,
+    clock::Clock,
+    error::{Error, Result},
+};
+use lorasweep_common::JobState;
+use writer::Writer;
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "coordinator.db";
+
+/// Migrations, embedded at compile time (build.rs reruns when they change).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Read connections: enough for a few concurrent `status`/curve readers on a small machine.
+const READ_CONNECTIONS: u32 = 4;
+
+/// Handle to the coordinator's database; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Store {
+    writer: Writer,
+    reads: SqlitePool,
+    changes: watch::Receiver<u64>,
+    clock: Arc<dyn Clock>,
+    lease_ttl_ms: i64,
+    max_attempts: u32,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `config.data_dir`, applies migrations, gives
+    /// running leases one TTL of grace (their workers could not heartbeat while we were down) and
+    /// starts the writer on `tracker`. The writer stops once every clone of the store is dropped.
+    pub(crate) async fn open(config: &Config, tracker: &TaskTracker) -> Result<Store> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
+        let path = config.data_dir.join(DB_FILE);
+        // WAL: readers never block the writer. synchronous=FULL: every COMMIT fsyncs the WAL, so
+        // an acknowledged write survives power loss too (NORMAL would survive kill -9 but may
+        // lose the last commits on an OS crash); the writer's batching keeps the fsync rate low.
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let reads = SqlitePoolOptions::new().max_connections(READ_CONNECTIONS).connect_with(options.clone()).await?;
+        // Through the pool: `Migrator::run` on a `&mut SqliteConnection` makes this future
+        // not `Send` for every lifetime (a known sqlx limitation), which `tokio::spawn` needs.
+        MIGRATOR.run(&reads).await?;
+        let mut conn = <SqliteConnection as sqlx::Connection>::connect_with(&options).await?;
+        let now = config.clock.now_ms();
+        let ttl = config.lease_ttl.as_millis() as i64;
+        let graced = sqlx::query("UPDATE jobs SET lease_expires_at = max(lease_expires_at, ?1) WHERE state = 'running'")
+            .bind(now + ttl)
+            .execute(&mut conn)
+            .await?
+            .rows_affected();
+        info!(db = %path.display(), running_leases = graced, "database open");
+        let (changes_tx, changes) = watch::channel(0);
+        Ok(Store {
+            writer: Writer::spawn(conn, changes_tx, tracker),
+            reads,
+            changes,
+            clock: config.clock.clone(),
+            lease_ttl_ms: ttl,
+            max_attempts: config.max_attempts,
+        })
+    }
+
+    /// Closes the read pool (the writer closes when the last clone is dropped).
+    pub(crate) async fn close_reads(&self) {
+        self.reads.close().await;
+    }
+
+    /// A receiver that changes after every committed write batch.
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
+    /// The current time from the configured clock.
+    pub(crate) fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}
+
+/// Decodes a stored state name.
+fn state_of(name: &str) -> Result<JobState> {
+    JobState::from_str(name).map_err(|_| Error::Corrupt(format!("unknown job state {name:?} in the database")))
+}
+
+/// Inserts one row of the event log.
+async fn event(
+    conn: &mut SqliteConnection,
+    at: i64,
+    sweep_id: &str,
+    job_id: Option<&str>,
+    kind: &str,
+    detail: &str,
+) -> Result<()> {
+    sqlx::query("INSERT INTO events (at, sweep_id, job_id, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .bind(at)
+        .bind(sweep_id)
+        .bind(job_id)
+        .bind(kind)
+        .bind(detail)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
