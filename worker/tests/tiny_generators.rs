@@ -169,3 +169,32 @@ fn make_tiny_data_packs_with_the_tiny_model() -> anyhow::Result<()> {
     assert!(packed.train.iter().flatten().filter(|&&t| t == eos).count() >= 250);
     Ok(())
 }
+
+#[test]
+fn the_candle_model_loads_the_tiny_checkpoint_at_chance_loss() -> anyhow::Result<()> {
+    use lorasweep_worker::train::{model::Qwen2Model, run::eval_loss};
+
+    let model_dir = tempfile::tempdir()?;
+    let summary = tiny::write_model(model_dir.path(), &TinyModelConfig::default())?;
+    let model = Qwen2Model::load(
+        model_dir.path(),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )?;
+    let tok = tokenizers::Tokenizer::from_file(model_dir.path().join("tokenizer.json"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let eos = data::eos_token_id(model_dir.path(), &tok)?;
+    let data_dir = tempfile::tempdir()?;
+    tiny::write_data(data_dir.path(), 1, 40, 20)?;
+    let packed = data::load_packed(&data_dir.path().to_string_lossy(), &tok, eos, 32)?;
+    // A random N(0, 0.02²) model predicts nearly uniformly: loss ≈ ln(vocab), below the jobs'
+    // default divergence threshold of 6.0.
+    let loss = eval_loss(&model, None, &packed.eval, 4)?;
+    let chance = (summary.vocab_size as f64).ln();
+    assert!(
+        (loss - chance).abs() < 0.1,
+        "loss {loss}, ln(vocab) {chance}"
+    );
+    assert!(loss < 6.0, "loss {loss}");
+    Ok(())
+}
