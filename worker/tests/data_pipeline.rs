@@ -124,6 +124,28 @@ fn parquet_packing_matches_goldens_and_jsonl_rows() -> anyhow::Result<()> {
 }
 
 #[test]
+fn sharded_legacy_parquet_reads_the_same_rows_and_blocks() -> anyhow::Result<()> {
+    // train in 2 shards, `list.item` naming, 24-row row groups, no dictionary pages.
+    let g = goldens()?;
+    let tok = tiny_tokenizer()?;
+    let max_length = g["settings"]["max_length"].as_u64().context("max_length")? as usize;
+    let eos = g["settings"]["eos_id"].as_u64().context("eos_id")? as u32;
+    let sharded = root().join("fixtures/tiny-data-sharded");
+    let fixture = root().join("fixtures/tiny-data");
+    assert_eq!(
+        data::load_rows(&sharded, Split::Train)?,
+        data::read_jsonl(&fixture.join("train.jsonl"))?
+    );
+    let packed = data::load_packed(&sharded.to_string_lossy(), &tok, eos, max_length)?;
+    assert_eq!(packed.train, blocks(&g["packing"]["train"])?);
+    assert_eq!(packed.eval, blocks(&g["packing"]["eval"])?);
+    // The fixture dir holds both layouts; parquet wins and gives the same blocks.
+    let both = data::load_packed(&fixture.to_string_lossy(), &tok, eos, max_length)?;
+    assert_eq!(both, packed);
+    Ok(())
+}
+
+#[test]
 fn small_chunks_drop_each_remainder_like_python() -> anyhow::Result<()> {
     let g = goldens()?;
     let tok = tiny_tokenizer()?;

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[3]
 FIX = REPO / "worker/tests/fixtures"
 MODEL_DIR = FIX / "tiny-qwen2"
 DATA_DIR = FIX / "tiny-data"
+SHARDED_DIR = FIX / "tiny-data-sharded/data"
 ADAPTER_DIR = FIX / "parity-adapter"
 QWEN_TOK_DIR = FIX / "qwen2.5-tokenizer"
 GOLDENS = REPO / "worker/tests/reference/goldens.json"
@@ -72,6 +73,15 @@ def write_data(train, test):
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         table = pa.Table.from_pylist(rows, schema=schema)
         pq.write_table(table, DATA_DIR / "data" / f"{split}-00000-of-00001.parquet", compression="snappy")
+    # The same rows as other writers lay them out: train in 2 shards, legacy list naming
+    # (`list.item` rather than `list.element`), small row groups, no dictionary pages.
+    SHARDED_DIR.mkdir(parents=True, exist_ok=True)
+    half = len(train) // 2
+    for name, rows in (("train-00000-of-00002", train[:half]), ("train-00001-of-00002", train[half:]),
+                       ("test-00000-of-00001", test)):
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), SHARDED_DIR / f"{name}.parquet",
+                       compression="snappy", use_compliant_nested_type=False, row_group_size=24,
+                       use_dictionary=False)
 
 
 # ---------------------------------------------------------------- tokenizer
