@@ -3,9 +3,9 @@
 //!
 //! The adapters live apart from the frozen base model ([`super::model::Qwen2Model`]) so that a
 //! resident base can be reused across jobs with fresh adapters. A and B are f32 `Var`s (PEFT
-//! keeps them in the parameter dtype, fp32); the forward casts them to the base dtype when the
-//! base is bf16. Dropout uses our own seeded stream keyed by (seed, micro-batch, layer, module),
-//! so a run is reproducible; it is off in eval.
+//! keeps them in the parameter dtype, fp32); as in PEFT, the adapter branch runs in f32 and its
+//! output is cast to the base dtype when the base is bf16. Dropout uses our own seeded stream
+//! keyed by (seed, micro-batch, layer, module), so a run is reproducible; it is off in eval.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use lorasweep_common::LoraInit;
@@ -175,7 +175,12 @@ impl Adapters {
         let Some(ad) = self.get(layer, module) else {
             return Ok(y);
         };
-        let dtype = x.dtype();
+        // PEFT computes the adapter branch in the adapter's dtype (fp32): it casts the input to
+        // `lora_A.weight.dtype` (`_cast_input_dtype`) and casts the sum back to the base dtype.
+        // Doing the same keeps bf16 rounding out of the A/B gradients; the branch is rank r, so
+        // the f32 cost is small.
+        let work = ad.a.dtype();
+        let xw = cast(x, work)?;
         let x_in = match dropout {
             Some(key) if self.dropout > 0.0 => {
                 let mut rng = stream(
@@ -184,17 +189,18 @@ impl Adapters {
                     &[key.micro_step, layer as u64, module as u64],
                 );
                 let mask = dropout_mask(&mut rng, x.elem_count(), self.dropout);
-                let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(dtype)?;
-                x.mul(&mask)?
+                let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(work)?;
+                xw.mul(&mask)?
             }
-            _ => x.clone(),
+            _ => xw,
         };
-        let a = cast(ad.a.as_tensor(), dtype)?;
-        let b = cast(ad.b.as_tensor(), dtype)?;
         let d_in = x.dim(candle_core::D::Minus1)?;
         let n = x.elem_count() / d_in;
-        let h = x_in.reshape((n, d_in))?.matmul(&a.t()?)?.matmul(&b.t()?)?;
-        let h = (h * (self.alpha / self.r as f64))?;
+        let h = x_in
+            .reshape((n, d_in))?
+            .matmul(&ad.a.t()?)?
+            .matmul(&ad.b.t()?)?;
+        let h = cast(&(h * (self.alpha / self.r as f64))?, y.dtype())?;
         y.add(&h.reshape(y.shape())?)
     }
 }

@@ -351,3 +351,45 @@ fn divergence_is_flagged_and_can_stop_early() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn bf16_base_tracks_f32_and_keeps_f32_adapter_gradients() -> anyhow::Result<()> {
+    let cfg = tiny_cfg();
+    let dev = Device::Cpu;
+    let ts = random_weights(&cfg, 7)?;
+    let m32 = Qwen2Model::from_tensors(&cfg, ts.clone(), DType::F32, &dev)?;
+    let m16 = Qwen2Model::from_tensors(&cfg, ts, DType::BF16, &dev)?;
+    let spec = all_targets(4);
+    let ads = Adapters::init(
+        &spec,
+        LoraInit::OrthoQrMatch,
+        1,
+        2,
+        &|m| cfg.proj_dims(m),
+        &dev,
+    )?;
+    let x = ids(2, 12, 32, &dev);
+    let l32 = m32.loss(&x, Some(&ads), None)?.0;
+    let (l16, _) = m16.loss(&x, Some(&ads), None)?;
+    assert_eq!(l16.dtype(), DType::F32);
+    let (a, b) = (l32.to_scalar::<f32>()?, l16.to_scalar::<f32>()?);
+    assert!((a - b).abs() / a < 1e-2, "f32 {a} vs bf16 {b}");
+    let logits = m16.logits(&x, Some(&ads), None)?;
+    assert_eq!(logits.dtype(), DType::BF16);
+    let g32 = l32.backward()?;
+    let g16 = l16.backward()?;
+    for v in ads.vars() {
+        let (p, q) = (
+            g32.get(&v).expect("f32 grad"),
+            g16.get(&v).expect("bf16 grad"),
+        );
+        assert_eq!(q.dtype(), DType::F32);
+        let err = (p - q)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let scale = p.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(
+            err <= 0.05 * scale,
+            "bf16 gradient off by {err} (scale {scale})"
+        );
+    }
+    Ok(())
+}
