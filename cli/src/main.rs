@@ -2,9 +2,20 @@
 //! parses arguments, sets up tracing and dispatches.
 
 mod bench_coordinator;
+mod client;
 mod cmd_bench_train;
+mod cmd_demo;
+mod cmd_jobs;
+mod cmd_results;
+mod cmd_serve;
+mod cmd_sweeps;
 mod cmd_tiny;
 mod cmd_train;
+mod cmd_watch;
+mod output;
+mod plot;
+mod results;
+mod results_render;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +32,34 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Submit a sweep file; prints the new sweep's id.
+    Submit(cmd_sweeps::SubmitArgs),
+    /// Show a sweep's job counts, or list every sweep.
+    Status(cmd_sweeps::StatusArgs),
+    /// List a sweep's jobs.
+    Jobs(cmd_jobs::JobsArgs),
+    /// Print a job's loss curves.
+    Curve(cmd_jobs::CurveArgs),
+    /// List registered workers.
+    Workers(cmd_jobs::WorkersArgs),
+    /// Follow a sweep with progress bars until it finishes.
+    Watch(cmd_watch::WatchArgs),
+    /// Cancel every queued or running job of a sweep.
+    Cancel(cmd_sweeps::SweepArg),
+    /// Requeue every failed or cancelled job of a sweep.
+    Retry(cmd_sweeps::SweepArg),
+    /// Print the study's two tables (final eval loss per lr × init, and relative to Standard).
+    Results(cmd_results::ResultsArgs),
+    /// Write the study's plots (PNG and SVG) for a sweep.
+    Plot(cmd_results::PlotArgs),
+    /// Run the whole system locally on a tiny generated model: the README's first command.
+    Demo(cmd_demo::DemoArgs),
+    /// Run the coordinator (same flags as `lorasweep-coordinator`).
+    #[command(hide = true)]
+    Coordinator(lorasweep_coordinator::Cli),
+    /// Run a worker daemon against `--coordinator` (same flags as `lorasweep-worker`).
+    #[command(hide = true)]
+    Worker(lorasweep_worker::WorkerArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -44,15 +83,35 @@ enum BenchCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The daemons log their lifecycle; client commands stay quiet unless asked.
+    let default_filter = match cli.command {
+        Command::Coordinator(_) | Command::Worker(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
+    let url = cli.coordinator.as_str();
+    let rt = || tokio::runtime::Runtime::new().map_err(anyhow::Error::from);
     match cli.command {
+        Command::Submit(args) => rt()?.block_on(cmd_sweeps::submit(url, args)),
+        Command::Status(args) => rt()?.block_on(cmd_sweeps::status(url, args)),
+        Command::Jobs(args) => rt()?.block_on(cmd_jobs::jobs(url, args)),
+        Command::Curve(args) => rt()?.block_on(cmd_jobs::curve(url, args)),
+        Command::Workers(args) => rt()?.block_on(cmd_jobs::workers(url, args)),
+        Command::Watch(args) => rt()?.block_on(cmd_watch::watch(url, args)),
+        Command::Cancel(args) => rt()?.block_on(cmd_sweeps::cancel(url, args)),
+        Command::Retry(args) => rt()?.block_on(cmd_sweeps::retry(url, args)),
+        Command::Results(args) => rt()?.block_on(cmd_results::results(url, args)),
+        Command::Plot(args) => rt()?.block_on(cmd_results::plot(url, args)),
+        Command::Demo(args) => rt()?.block_on(cmd_demo::run(args)),
+        Command::Coordinator(args) => rt()?.block_on(cmd_serve::coordinator(args)),
+        Command::Worker(args) => rt()?.block_on(cmd_serve::worker(url, args)),
         Command::Bench { which: BenchCommand::Coordinator(args) } => {
-            tokio::runtime::Runtime::new()?.block_on(bench_coordinator::run(&cli.coordinator, args))
+            rt()?.block_on(bench_coordinator::run(url, args))
         }
         Command::Bench { which: BenchCommand::Train(args) } => cmd_bench_train::run(args),
         Command::Train(args) => cmd_train::run(args),

@@ -16,7 +16,10 @@ use std::{
 
 use lorasweep_common::{JobSpec, LossPoint, Series};
 use lorasweep_proto::pb;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{Notify, mpsc},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -56,6 +59,9 @@ pub(crate) struct JobControl {
     step: AtomicU64,
     /// Total steps, once the trainer said.
     total: AtomicU64,
+    /// Wakes the heartbeat when the total becomes known, so progress displays get it at once
+    /// rather than a heartbeat interval later.
+    total_known: Notify,
     /// When a shutting-down worker stops retrying; fixed the first time it is asked for.
     deadline: OnceLock<Instant>,
 }
@@ -68,6 +74,7 @@ impl JobControl {
             shutdown,
             step: AtomicU64::new(0),
             total: AtomicU64::new(0),
+            total_known: Notify::new(),
             deadline: OnceLock::new(),
         }
     }
@@ -118,6 +125,7 @@ struct ChannelProgress {
 impl Progress for ChannelProgress {
     fn total_steps(&mut self, steps: u64) {
         self.control.total.store(steps, Ordering::Relaxed);
+        self.control.total_known.notify_one();
     }
 
     fn point(&mut self, point: LossPoint) {
@@ -205,6 +213,11 @@ pub(crate) async fn run_job(
     };
     let reported = reporter.await.unwrap_or(ReportEnd::GaveUp);
 
+    if reported == ReportEnd::Flushed && control.reason().is_none() {
+        // Short jobs can end before the timer's first heartbeat carried the step count; one
+        // more makes the job's step/total on the coordinator final before it completes.
+        send_heartbeat(ctx, &job_id, attempt, &control).await;
+    }
     if let Some(reason) = control.reason() {
         tracing::warn!(%job_id, attempt, ?reason, "dropped job");
     } else {
@@ -327,32 +340,47 @@ async fn heartbeat_loop(
         tokio::select! {
             () = done.cancelled() => return,
             () = control.dropped() => return,
+            () = control.total_known.notified() => {}
             _ = ticker.tick() => {}
         }
-        let req = pb::HeartbeatRequest {
-            worker_id: ctx.worker_id.clone(),
-            job_id: job_id.clone(),
-            attempt,
-            step: control.step.load(Ordering::Relaxed),
-            total_steps: control.total.load(Ordering::Relaxed),
-        };
-        let mut client = ctx.client.clone();
-        match client.heartbeat(req).await {
-            Ok(resp) if resp.get_ref().cancel => {
-                tracing::info!(%job_id, "job cancelled by the coordinator");
-                control.stop(StopReason::Cancelled);
-                return;
-            }
-            Ok(_) => {}
-            Err(status) if rpc::is_lease_lost(&status) => {
-                tracing::warn!(%job_id, attempt, error = %status.message(), "heartbeat rejected: lease lost");
-                control.stop(StopReason::LeaseLost);
-                return;
-            }
-            Err(status) => {
-                tracing::warn!(%job_id, code = ?status.code(), error = %status.message(),
-                    coordinator_unreachable = true, "heartbeat failed; will keep trying");
-            }
+        if !send_heartbeat(&ctx, &job_id, attempt, &control).await {
+            return;
+        }
+    }
+}
+
+/// One heartbeat. Returns false once the attempt is dropped (cancelled or lease lost), which it
+/// records in `control`; transient failures are logged and return true.
+async fn send_heartbeat(
+    ctx: &JobContext,
+    job_id: &str,
+    attempt: u32,
+    control: &JobControl,
+) -> bool {
+    let req = pb::HeartbeatRequest {
+        worker_id: ctx.worker_id.clone(),
+        job_id: job_id.to_string(),
+        attempt,
+        step: control.step.load(Ordering::Relaxed),
+        total_steps: control.total.load(Ordering::Relaxed),
+    };
+    let mut client = ctx.client.clone();
+    match client.heartbeat(req).await {
+        Ok(resp) if resp.get_ref().cancel => {
+            tracing::info!(%job_id, "job cancelled by the coordinator");
+            control.stop(StopReason::Cancelled);
+            false
+        }
+        Ok(_) => true,
+        Err(status) if rpc::is_lease_lost(&status) => {
+            tracing::warn!(%job_id, attempt, error = %status.message(), "heartbeat rejected: lease lost");
+            control.stop(StopReason::LeaseLost);
+            false
+        }
+        Err(status) => {
+            tracing::warn!(%job_id, code = ?status.code(), error = %status.message(),
+                coordinator_unreachable = true, "heartbeat failed; will keep trying");
+            true
         }
     }
 }

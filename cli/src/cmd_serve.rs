@@ -1,0 +1,36 @@
+//! Hidden `lorasweep coordinator …` and `lorasweep worker …`: the coordinator and worker daemons
+//! run from the CLI binary. They exist so end-to-end tests can start, `kill -9` and restart real
+//! processes through `CARGO_BIN_EXE_lorasweep` (cargo builds no other crate's binaries for a
+//! crate's tests), and so one binary can stand in for all three on a small install.
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the coordinator until ctrl-c/SIGTERM. Prints `listening on ADDR` once bound, so a caller
+/// that asked for port 0 learns the port.
+pub(crate) async fn coordinator(cli: lorasweep_coordinator::Cli) -> anyhow::Result<()> {
+    let listen = cli.listen;
+    let config = lorasweep_coordinator::Config::try_from(cli)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    println!(
+        "listening on {}",
+        listener.local_addr().context("reading the bound address")?
+    );
+    let shutdown = CancellationToken::new();
+    tokio::spawn(lorasweep_worker::daemon::cancel_on_signal(shutdown.clone()));
+    lorasweep_coordinator::serve(listener, config, shutdown)
+        .await
+        .context("coordinator failed")
+}
+
+/// Runs a worker daemon against `url` until ctrl-c/SIGTERM.
+pub(crate) async fn worker(url: &str, args: lorasweep_worker::WorkerArgs) -> anyhow::Result<()> {
+    let config = lorasweep_worker::Config::new(url, args)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(lorasweep_worker::daemon::cancel_on_signal(shutdown.clone()));
+    lorasweep_worker::run(config, shutdown)
+        .await
+        .context("worker failed")
+}

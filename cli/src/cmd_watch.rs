@@ -1,0 +1,190 @@
+//! `lorasweep watch SWEEP`: follows a sweep's `WatchSweep` stream until the sweep is finished.
+//!
+//! On a terminal it draws indicatif bars: one for the whole sweep (finished/total with an ETA)
+//! and one per running job (step/total and the last train loss). When stdout is not a terminal
+//! (a log file, CI) it prints a plain line whenever the counts change, and at least every
+//! [`PLAIN_EVERY`] while anything is running.
+
+use std::{
+    collections::HashMap,
+    io::IsTerminal,
+    time::{Duration, Instant},
+};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use lorasweep_proto::pb;
+use tokio_stream::StreamExt;
+
+use crate::{client, output};
+
+/// The longest gap between plain progress lines, so a log shows the watch is alive.
+const PLAIN_EVERY: Duration = Duration::from_secs(10);
+
+/// Arguments of `lorasweep watch`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct WatchArgs {
+    /// The sweep.
+    pub(crate) sweep: String,
+}
+
+/// Follows the sweep until it finishes (or the stream breaks).
+pub(crate) async fn watch(url: &str, args: WatchArgs) -> anyhow::Result<()> {
+    let mut client = client::connect(url).await?;
+    let mut stream = client
+        .watch_sweep(pb::WatchSweepRequest {
+            sweep_id: args.sweep.clone(),
+        })
+        .await
+        .map_err(|s| client::call_error(&format!("watching sweep {}", args.sweep), s))?
+        .into_inner();
+    let mut view: Box<dyn View> = if std::io::stdout().is_terminal() {
+        Box::new(Bars::new())
+    } else {
+        Box::new(Plain::default())
+    };
+    let mut last = None;
+    while let Some(item) = stream.next().await {
+        let snap =
+            item.map_err(|s| client::call_error(&format!("watching sweep {}", args.sweep), s))?;
+        view.update(&snap);
+        last = Some(snap);
+    }
+    view.finish();
+    match last.and_then(|s| s.sweep) {
+        Some(sweep) if output::is_finished(&sweep) => {
+            println!(
+                "sweep {} finished: {}",
+                sweep.id,
+                output::counts_line(&sweep)
+            );
+            Ok(())
+        }
+        Some(sweep) => {
+            anyhow::bail!(
+                "watch of sweep {} ended before it finished: {}",
+                sweep.id,
+                output::counts_line(&sweep)
+            )
+        }
+        None => anyhow::bail!("watch of sweep {} ended without a snapshot", args.sweep),
+    }
+}
+
+/// How the watch renders snapshots.
+trait View {
+    /// Shows a new snapshot.
+    fn update(&mut self, snap: &pb::WatchSweepResponse);
+    /// Tidies up at the end.
+    fn finish(&mut self);
+}
+
+/// Finished jobs (any terminal state).
+fn done(sweep: &pb::Sweep) -> u64 {
+    let c = output::counts(sweep);
+    u64::from(c["succeeded"] + c["diverged"] + c["failed"] + c["cancelled"])
+}
+
+/// indicatif bars for a terminal.
+struct Bars {
+    multi: MultiProgress,
+    overall: ProgressBar,
+    jobs: HashMap<String, ProgressBar>,
+    job_style: ProgressStyle,
+}
+
+impl Bars {
+    fn new() -> Self {
+        let multi = MultiProgress::new();
+        let overall = multi.add(ProgressBar::new(0));
+        overall.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>12} [{bar:40.cyan/blue}] {pos}/{len} jobs  ETA {eta}  {msg}",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> "),
+        );
+        overall.set_prefix("sweep");
+        let job_style =
+            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} steps  {msg}")
+                .expect("the template is valid")
+                .progress_chars("=> ");
+        Self {
+            multi,
+            overall,
+            jobs: HashMap::new(),
+            job_style,
+        }
+    }
+}
+
+impl View for Bars {
+    fn update(&mut self, snap: &pb::WatchSweepResponse) {
+        let Some(sweep) = &snap.sweep else { return };
+        self.overall.set_length(u64::from(sweep.total));
+        self.overall.set_position(done(sweep));
+        self.overall.set_message(output::counts_line(sweep));
+        let running: Vec<&pb::Job> = snap
+            .jobs
+            .iter()
+            .filter(|j| j.state == pb::JobState::Running as i32)
+            .collect();
+        self.jobs.retain(|id, bar| {
+            let keep = running.iter().any(|j| &j.id == id);
+            if !keep {
+                bar.finish_and_clear();
+            }
+            keep
+        });
+        for job in running {
+            let bar = self.jobs.entry(job.id.clone()).or_insert_with(|| {
+                let bar = self.multi.add(ProgressBar::new(0));
+                bar.set_style(self.job_style.clone());
+                bar.set_prefix(job.worker.chars().take(12).collect::<String>());
+                bar
+            });
+            bar.set_length(job.total_steps.max(job.step));
+            bar.set_position(job.step);
+            bar.set_message(format!(
+                "{} lr={:e} seed={} loss={}",
+                job.init,
+                job.lr,
+                job.seed,
+                output::loss(job.last_train_loss)
+            ));
+        }
+    }
+
+    fn finish(&mut self) {
+        for (_, bar) in self.jobs.drain() {
+            bar.finish_and_clear();
+        }
+        self.overall.finish();
+    }
+}
+
+/// Plain lines for logs.
+#[derive(Default)]
+struct Plain {
+    last_line: String,
+    last_print: Option<Instant>,
+}
+
+impl View for Plain {
+    fn update(&mut self, snap: &pb::WatchSweepResponse) {
+        let Some(sweep) = &snap.sweep else { return };
+        let line = format!(
+            "{}/{} done  {}",
+            done(sweep),
+            sweep.total,
+            output::counts_line(sweep)
+        );
+        let stale = self.last_print.is_none_or(|t| t.elapsed() >= PLAIN_EVERY);
+        if line != self.last_line || stale {
+            println!("{line}");
+            self.last_line = line;
+            self.last_print = Some(Instant::now());
+        }
+    }
+
+    fn finish(&mut self) {}
+}

@@ -1,0 +1,212 @@
+//! How client commands render coordinator answers: the documented JSON shapes (field names are a
+//! contract for scripts; fields may be added, never renamed) and plain-text tables.
+
+use std::collections::BTreeMap;
+
+use lorasweep_common::JobState;
+use lorasweep_proto::pb;
+use serde_json::{Value, json};
+
+/// A wire state as its lowercase name (`queued`, `running`, ...); `unknown` for a value this
+/// client does not know, so a newer coordinator does not break the display.
+pub(crate) fn state_name(wire: i32) -> &'static str {
+    match JobState::from_wire(wire, "state") {
+        Ok(Some(s)) => s.name(),
+        _ => "unknown",
+    }
+}
+
+/// A sweep's counts as `{state: n}`, with every state present (0 when absent on the wire).
+pub(crate) fn counts(sweep: &pb::Sweep) -> BTreeMap<&'static str, u32> {
+    let mut map: BTreeMap<&'static str, u32> =
+        JobState::ALL.iter().map(|s| (s.name(), 0)).collect();
+    for c in &sweep.counts {
+        *map.entry(state_name(c.state)).or_default() += c.count;
+    }
+    map
+}
+
+/// True once no job of the sweep is queued or running.
+pub(crate) fn is_finished(sweep: &pb::Sweep) -> bool {
+    let c = counts(sweep);
+    c["queued"] + c["running"] == 0
+}
+
+/// `status --json` for one sweep: `{"sweep", "counts", "total"}` plus `name`, `created_at_ms`, `finished`.
+pub(crate) fn sweep_json(sweep: &pb::Sweep) -> Value {
+    json!({
+        "sweep": sweep.id,
+        "name": sweep.name,
+        "created_at_ms": sweep.created_at_ms,
+        "counts": counts(sweep),
+        "total": sweep.total,
+        "finished": is_finished(sweep),
+    })
+}
+
+/// One element of `jobs --json`: `{"id","init","lr","seed","state","attempt","worker","step",
+/// "final_eval_loss"}` plus `total_steps`, `last_train_loss`, `failures`, `error`.
+pub(crate) fn job_json(job: &pb::Job) -> Value {
+    json!({
+        "id": job.id,
+        "init": job.init,
+        "lr": job.lr,
+        "seed": job.seed,
+        "state": state_name(job.state),
+        "attempt": job.attempt,
+        "worker": job.worker,
+        "step": job.step,
+        "total_steps": job.total_steps,
+        "last_train_loss": job.last_train_loss,
+        "final_eval_loss": job.final_eval_loss,
+        "failures": job.failures,
+        "error": job.error,
+    })
+}
+
+/// `curve --json`: `{"train": [[step, loss], ...], "eval": [[step, loss], ...]}`. NaN/inf losses
+/// become `null` (JSON has no NaN).
+pub(crate) fn curve_json(curve: &pb::GetCurveResponse) -> Value {
+    let pairs = |steps: &[u64], losses: &[f64]| -> Vec<Value> {
+        steps
+            .iter()
+            .zip(losses)
+            .map(|(s, l)| json!([s, l]))
+            .collect()
+    };
+    json!({
+        "train": pairs(&curve.train_steps, &curve.train_losses),
+        "eval": pairs(&curve.eval_steps, &curve.eval_losses),
+    })
+}
+
+/// `curve --csv`: a `series,step,loss` header, then train rows, then eval rows.
+pub(crate) fn curve_csv(curve: &pb::GetCurveResponse) -> String {
+    let mut out = String::from("series,step,loss\n");
+    for (s, l) in curve.train_steps.iter().zip(&curve.train_losses) {
+        out.push_str(&format!("train,{s},{l}\n"));
+    }
+    for (s, l) in curve.eval_steps.iter().zip(&curve.eval_losses) {
+        out.push_str(&format!("eval,{s},{l}\n"));
+    }
+    out
+}
+
+/// One element of `workers --json`.
+pub(crate) fn worker_json(w: &pb::WorkerInfo) -> Value {
+    json!({
+        "id": w.id,
+        "name": w.name,
+        "device": w.device,
+        "trainer": w.trainer,
+        "last_seen_ms": w.last_seen_ms,
+        "job_id": w.job_id,
+        "alive": w.alive,
+    })
+}
+
+/// Left-aligned columns separated by two spaces; the first row is the header.
+pub(crate) fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| format!("{cell:<w$}", w = widths[c]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// A loss for tables: 4 decimals, `-` when absent.
+pub(crate) fn loss(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.4}"))
+}
+
+/// Counts as `succeeded=3 running=1 ...`, skipping zeros.
+pub(crate) fn counts_line(sweep: &pb::Sweep) -> String {
+    let parts: Vec<String> = counts(sweep)
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| format!("{s}={n}"))
+        .collect();
+    if parts.is_empty() {
+        "no jobs".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sweep() -> pb::Sweep {
+        pb::Sweep {
+            id: "s1".into(),
+            name: "demo".into(),
+            total: 3,
+            counts: vec![
+                pb::StateCount {
+                    state: pb::JobState::Succeeded as i32,
+                    count: 2,
+                },
+                pb::StateCount {
+                    state: pb::JobState::Running as i32,
+                    count: 1,
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn status_json_has_the_documented_keys() {
+        let v = sweep_json(&sweep());
+        assert_eq!(v["sweep"], "s1");
+        assert_eq!(v["total"], 3);
+        assert_eq!(v["counts"]["succeeded"], 2);
+        assert_eq!(v["counts"]["queued"], 0);
+        assert_eq!(v["finished"], false);
+        assert_eq!(counts_line(&sweep()), "running=1 succeeded=2");
+    }
+
+    #[test]
+    fn curve_shapes() {
+        let c = pb::GetCurveResponse {
+            train_steps: vec![1, 2],
+            train_losses: vec![2.5, f64::NAN],
+            eval_steps: vec![0],
+            eval_losses: vec![2.381],
+        };
+        let v = curve_json(&c);
+        assert_eq!(v["train"][0], json!([1, 2.5]));
+        assert!(v["train"][1][1].is_null(), "NaN becomes null");
+        assert_eq!(v["eval"], json!([[0, 2.381]]));
+        assert_eq!(
+            curve_csv(&c),
+            "series,step,loss\ntrain,1,2.5\ntrain,2,NaN\neval,0,2.381\n"
+        );
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&[
+            vec!["a".into(), "bb".into()],
+            vec!["ccc".into(), "d".into()],
+        ]);
+        assert_eq!(t, "a    bb\nccc  d\n");
+    }
+}
