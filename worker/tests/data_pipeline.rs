@@ -184,7 +184,12 @@ fn missing_split_and_bad_rows_are_named() -> anyhow::Result<()> {
         "{\"messages\": [{\"role\": \"narrator\", \"content\": \"x\"}]}\n",
     )?;
     let err = data::load_packed(&dir.path().to_string_lossy(), &tok, 2, 64).expect_err("bad role");
-    assert!(err.to_string().contains("\"narrator\""), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("test split: row 0: unknown role \"narrator\""),
+        "{msg}"
+    );
+    assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
 
     let err = data::load_packed("/definitely/not/here", &tok, 2, 64).expect_err("missing dir");
     assert!(err.to_string().contains("/definitely/not/here"), "{err}");

@@ -110,7 +110,12 @@ pub fn load_packed(
     let dir = resolve_data_dir(data_path)?;
     let split_blocks = |split: Split| -> Result<Vec<Vec<u32>>, TrainError> {
         let rows = load_rows(&dir, split)?;
-        let examples = tokenize_rows(&rows, tokenizer, eos_id)?;
+        let examples = tokenize_rows(&rows, tokenizer, eos_id).map_err(|e| match e {
+            TrainError::Data(m) => {
+                data_err(format!("{} {} split: {m}", dir.display(), split.name()))
+            }
+            other => other,
+        })?;
         let blocks = pack(&examples, max_length, PACK_CHUNK);
         tracing::info!(
             split = split.name(),
