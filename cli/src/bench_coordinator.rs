@@ -1,10 +1,268 @@
-//! `lorasweep bench coordinator` (placeholder until the backbone lands).
+//! `lorasweep bench coordinator`: measures the coordinator with simulated workers over real gRPC.
+//!
+//! By default it starts an in-process coordinator on a fresh temporary data directory (so the
+//! figures include migrations, WAL and fsync, as in production); `--external` measures the
+//! coordinator at `--coordinator` instead. Phases: start-to-serving, N workers each streaming P
+//! points, N workers doing lease+complete cycles, reading one long curve back, and `status`
+//! (GetSweep + ListJobs) of the 140-job study sweep.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use lorasweep_proto::pb::{self, sweeps_client::SweepsClient, workers_client::WorkersClient};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 /// Arguments of `lorasweep bench coordinator`.
 #[derive(Debug, clap::Args)]
-pub(crate) struct BenchCoordinatorArgs {}
+pub(crate) struct BenchCoordinatorArgs {
+    /// Simulated workers (each its own gRPC connection).
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Loss points each worker streams in the throughput phase.
+    #[arg(long, default_value_t = 100_000)]
+    points: u64,
+    /// Points per ReportPoints message.
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// Lease+complete cycles in the cycle phase (all workers together).
+    #[arg(long, default_value_t = 4_000)]
+    cycles: usize,
+    /// Measure the coordinator at `--coordinator` instead of starting one in process.
+    #[arg(long)]
+    external: bool,
+    /// SQLite durability of the in-process coordinator (see `lorasweep-coordinator --help`).
+    #[arg(long, value_enum, default_value_t = lorasweep_coordinator::Durability::Full)]
+    synchronous: lorasweep_coordinator::Durability,
+}
 
-/// Runs the benchmark.
-pub(crate) async fn run(_coordinator: &str, _args: BenchCoordinatorArgs) -> anyhow::Result<()> {
-    anyhow::bail!("bench coordinator is not implemented yet")
+/// Runs the benchmark and prints its figures.
+pub(crate) async fn run(coordinator_url: &str, args: BenchCoordinatorArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.workers >= 1 && args.batch >= 1 && args.points >= 1,
+        "--workers, --batch and --points must be ≥ 1"
+    );
+    anyhow::ensure!(args.cycles >= 1 && args.cycles <= 10_000, "--cycles must be in 1..=10000 (one sweep's grid)");
+    let shutdown = CancellationToken::new();
+    let mut server = None;
+    let mut data_dir: Option<PathBuf> = None;
+    let url = if args.external {
+        coordinator_url.to_string()
+    } else {
+        let dir = std::env::temp_dir().join(format!("lorasweep-bench-{}-{}", std::process::id(), now_nanos()));
+        let started = Instant::now();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let mut config = lorasweep_coordinator::Config::new(&dir);
+        config.synchronous = args.synchronous;
+        println!("in-process coordinator, synchronous={:?}, data dir {}", args.synchronous, dir.display());
+        server = Some(tokio::spawn(lorasweep_coordinator::serve(listener, config, shutdown.clone())));
+        // Serving = answering an RPC that reads the database, so migrations are included.
+        let mut probe = SweepsClient::new(Channel::from_shared(url.clone())?.connect().await?);
+        loop {
+            if probe.list_sweeps(pb::ListSweepsRequest {}).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        report("coordinator start to serving", started.elapsed(), "< 2 s", started.elapsed() < Duration::from_secs(2));
+        data_dir = Some(dir);
+        url
+    };
+    let result = phases(&url, &args).await;
+    shutdown.cancel();
+    if let Some(server) = server {
+        server.await?.context("coordinator")?;
+    }
+    if let Some(dir) = data_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+async fn phases(url: &str, args: &BenchCoordinatorArgs) -> anyhow::Result<()> {
+    let mut sweeps = SweepsClient::new(connect(url).await?);
+    let mut clients = Vec::new();
+    for i in 0..args.workers {
+        let mut client = WorkersClient::new(connect(url).await?);
+        let id = client
+            .register_worker(pb::RegisterWorkerRequest {
+                name: format!("bench-{i}"),
+                device: "none".into(),
+                trainer: "bench".into(),
+            })
+            .await?
+            .into_inner()
+            .worker_id;
+        clients.push((client, id));
+    }
+
+    // Phase 1: every worker leases a job and streams its points.
+    submit(&mut sweeps, args.workers).await?;
+    let mut leases = Vec::new();
+    for (client, id) in &mut clients {
+        let lease = client.lease_job(pb::LeaseJobRequest { worker_id: id.clone() }).await?.into_inner().lease;
+        leases.push(lease.context("no job to lease: is the external coordinator's queue empty of older work?")?);
+    }
+    let mut streams = Vec::new();
+    for lease in &leases {
+        let messages: Vec<pb::ReportPointsRequest> = (1..=args.points)
+            .map(|step| pb::Point { series: pb::Series::Train as i32, step, loss: 2.0 + 1.0 / step as f64 })
+            .collect::<Vec<_>>()
+            .chunks(args.batch)
+            .map(|chunk| pb::ReportPointsRequest {
+                job_id: lease.job_id.clone(),
+                attempt: lease.attempt,
+                points: chunk.to_vec(),
+            })
+            .collect();
+        streams.push(messages);
+    }
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for ((client, _), messages) in clients.iter().zip(streams) {
+        let mut client = client.clone();
+        tasks.spawn(async move {
+            client.report_points(tokio_stream::iter(messages)).await.map(|r| r.into_inner().committed)
+        });
+    }
+    let mut committed = 0;
+    while let Some(done) = tasks.join_next().await {
+        committed += done??;
+    }
+    let elapsed = started.elapsed();
+    let rate = committed as f64 / elapsed.as_secs_f64();
+    println!(
+        "{:<44} {:>12.0} points/s  ({committed} points, {} workers × {} in messages of {}, {:.2} s)   target ≥ 50000  {}",
+        "loss points committed",
+        rate,
+        args.workers,
+        args.points,
+        args.batch,
+        elapsed.as_secs_f64(),
+        verdict(rate >= 50_000.0)
+    );
+    for ((client, id), lease) in clients.iter_mut().zip(&leases) {
+        complete(client, id, lease).await?;
+    }
+
+    // Phase 2: read the longest curve back.
+    let mut times = Vec::new();
+    let mut len = 0;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let curve = sweeps.get_curve(pb::GetCurveRequest { job_id: leases[0].job_id.clone() }).await?.into_inner();
+        times.push(started.elapsed());
+        len = curve.train_steps.len();
+    }
+    let t = median(&mut times);
+    report(&format!("GetCurve of a {len}-point curve (median of 5)"), t, "< 250 ms", t < Duration::from_millis(250));
+
+    // Phase 3: lease+complete cycles.
+    submit(&mut sweeps, args.cycles).await?;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (client, id) in &clients {
+        let (mut client, id) = (client.clone(), id.clone());
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let t = Instant::now();
+                let lease = client.lease_job(pb::LeaseJobRequest { worker_id: id.clone() }).await?.into_inner().lease;
+                latencies.push(t.elapsed());
+                let Some(lease) = lease else { break };
+                complete(&mut client, &id, &lease).await?;
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        latencies.extend(done??);
+    }
+    let elapsed = started.elapsed();
+    let cycles = latencies.len() - clients.len(); // each worker's last lease found nothing
+    let rate = cycles as f64 / elapsed.as_secs_f64();
+    println!(
+        "{:<44} {:>12.0} cycles/s  ({cycles} cycles by {} workers, {:.2} s)   target ≥ 1000  {}",
+        "lease+complete cycles",
+        rate,
+        clients.len(),
+        elapsed.as_secs_f64(),
+        verdict(rate >= 1000.0)
+    );
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    println!("{:<44} {:>12.2} ms p50, {:.2} ms p99", "lease latency", ms(pct(0.5)), ms(pct(0.99)));
+
+    // Phase 4: `status` of the 140-job study sweep.
+    let sweep_id = sweeps
+        .submit_sweep(pb::SubmitSweepRequest { sweep_toml: String::new(), source: "study.toml".into() })
+        .await?
+        .into_inner()
+        .sweep_id;
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let started = Instant::now();
+        sweeps.get_sweep(pb::GetSweepRequest { sweep_id: sweep_id.clone() }).await?;
+        let jobs =
+            sweeps.list_jobs(pb::ListJobsRequest { sweep_id: sweep_id.clone(), state: 0 }).await?.into_inner().jobs;
+        times.push(started.elapsed());
+        anyhow::ensure!(jobs.len() == 140, "the study sweep has {} jobs, expected 140", jobs.len());
+    }
+    let t = median(&mut times);
+    report("status of a 140-job sweep (median of 10)", t, "< 100 ms", t < Duration::from_millis(100));
+    Ok(())
+}
+
+async fn connect(url: &str) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(url.to_string())?.connect().await.with_context(|| format!("connecting to {url}"))?)
+}
+
+/// Submits a sweep of `jobs` cells (one init, one lr, seeds 0..jobs) with small settings.
+async fn submit(sweeps: &mut SweepsClient<Channel>, jobs: usize) -> anyhow::Result<()> {
+    let seeds: Vec<String> = (0..jobs).map(|s| s.to_string()).collect();
+    let toml =
+        format!("name = \"bench\"\n[grid]\ninits = [\"standard\"]\nlrs = [1e-3]\nseeds = [{}]\n", seeds.join(","));
+    sweeps.submit_sweep(pb::SubmitSweepRequest { sweep_toml: toml, source: "bench".into() }).await?;
+    Ok(())
+}
+
+async fn complete(client: &mut WorkersClient<Channel>, worker: &str, lease: &pb::Lease) -> anyhow::Result<()> {
+    client
+        .complete_job(pb::CompleteJobRequest {
+            worker_id: worker.to_string(),
+            job_id: lease.job_id.clone(),
+            attempt: lease.attempt,
+            state: pb::JobState::Succeeded as i32,
+            final_eval_loss: Some(2.0),
+            tokens: 0,
+            seconds: 0.0,
+        })
+        .await?;
+    Ok(())
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "OK" } else { "MISSED" }
+}
+
+fn report(what: &str, took: Duration, target: &str, ok: bool) {
+    println!("{what:<44} {:>12.1} ms   target {target}  {}", ms(took), verdict(ok));
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }

@@ -22,6 +22,20 @@ pub struct Cli {
     /// Failed or expired attempts after which a job is marked failed.
     #[arg(long, env = "LORASWEEP_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
+    /// SQLite durability: `full` fsyncs every commit (an acknowledged call survives power loss);
+    /// `normal` skips it (survives a coordinator crash or kill -9, but an OS crash or power loss
+    /// may lose the last commits) and is faster on slow disks.
+    #[arg(long, env = "LORASWEEP_SYNCHRONOUS", value_enum, default_value_t = Durability::Full)]
+    pub synchronous: Durability,
+}
+
+/// How hard SQLite works to make a commit durable (`PRAGMA synchronous` in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// fsync the WAL on every commit: acknowledged writes survive power loss.
+    Full,
+    /// No fsync per commit: acknowledged writes survive a process crash, not an OS crash.
+    Normal,
 }
 
 /// Validated coordinator settings.
@@ -41,6 +55,8 @@ pub struct Config {
     pub watch_interval: Duration,
     /// Where "now" comes from.
     pub clock: Arc<dyn Clock>,
+    /// SQLite durability of a commit.
+    pub synchronous: Durability,
 }
 
 /// Shortest lease TTL accepted: workers heartbeat at a third of it, and sub-second heartbeats
@@ -57,6 +73,7 @@ impl Config {
             reap_interval: Duration::from_secs(1),
             watch_interval: Duration::from_millis(250),
             clock: Arc::new(SystemClock),
+            synchronous: Durability::Full,
         }
     }
 
@@ -82,6 +99,7 @@ impl TryFrom<Cli> for Config {
         let mut config = Config::new(cli.data_dir);
         config.lease_ttl = cli.lease_ttl;
         config.max_attempts = cli.max_attempts;
+        config.synchronous = cli.synchronous;
         config.reap_interval = (cli.lease_ttl / 4).min(Duration::from_secs(1));
         Ok(config)
     }

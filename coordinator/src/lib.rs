@@ -21,7 +21,7 @@ mod reaper;
 mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{Cli, Config};
+pub use config::{Cli, Config, Durability};
 pub use error::Error;
 pub use store::DB_FILE;
 

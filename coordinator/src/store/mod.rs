@@ -29,6 +29,7 @@ use tracing::info;
 use crate::{
     Config,
     clock::Clock,
+    config::Durability,
     error::{Error, Result},
 };
 use lorasweep_common::JobState;
@@ -62,14 +63,18 @@ impl Store {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
         let path = config.data_dir.join(DB_FILE);
-        // WAL: readers never block the writer. synchronous=FULL: every COMMIT fsyncs the WAL, so
-        // an acknowledged write survives power loss too (NORMAL would survive kill -9 but may
-        // lose the last commits on an OS crash); the writer's batching keeps the fsync rate low.
+        // WAL: readers never block the writer. synchronous=FULL (the default): every COMMIT fsyncs
+        // the WAL, so an acknowledged write survives power loss too; NORMAL survives kill -9 (the
+        // WAL is in the OS page cache) but may lose the last commits on an OS crash. The writer's
+        // batching keeps the fsync rate low either way.
         let options = SqliteConnectOptions::new()
             .filename(&path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(match config.synchronous {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            })
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
         let reads = SqlitePoolOptions::new().max_connections(READ_CONNECTIONS).connect_with(options.clone()).await?;
@@ -79,11 +84,12 @@ impl Store {
         let mut conn = <SqliteConnection as sqlx::Connection>::connect_with(&options).await?;
         let now = config.clock.now_ms();
         let ttl = config.lease_ttl.as_millis() as i64;
-        let graced = sqlx::query("UPDATE jobs SET lease_expires_at = max(lease_expires_at, ?1) WHERE state = 'running'")
-            .bind(now + ttl)
-            .execute(&mut conn)
-            .await?
-            .rows_affected();
+        let graced =
+            sqlx::query("UPDATE jobs SET lease_expires_at = max(lease_expires_at, ?1) WHERE state = 'running'")
+                .bind(now + ttl)
+                .execute(&mut conn)
+                .await?
+                .rows_affected();
         info!(db = %path.display(), running_leases = graced, "database open");
         let (changes_tx, changes) = watch::channel(0);
         Ok(Store {

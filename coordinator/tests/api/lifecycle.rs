@@ -47,7 +47,9 @@ async fn submit_lease_report_complete() -> anyhow::Result<()> {
 
     let curve = c.sweeps.get_curve(pb::GetCurveRequest { job_id: lease.job_id.clone() }).await?.into_inner();
     assert_eq!(curve.train_steps, (1..=50).collect::<Vec<_>>());
-    assert_eq!(curve.train_losses[3], 1.5, "losses are stored exactly");
+    assert_eq!(curve.train_losses[3], 1.5);
+    let sent: Vec<f64> = points[..50].iter().map(|p| p.loss).collect();
+    assert_eq!(curve.train_losses, sent, "losses come back bit-exact");
     assert_eq!(curve.eval_steps, vec![0, 40, 80]);
     assert_eq!(curve.eval_losses[0], 2.38);
     assert!(curve.eval_losses[1].is_nan() && curve.eval_losses[2] == f64::INFINITY, "NaN and inf survive");
@@ -137,6 +139,39 @@ async fn watch_streams_snapshots_and_ends_when_the_sweep_finishes() -> anyhow::R
         last = snapshot;
     }
     assert!(last.jobs.iter().all(|j| state(j) == pb::JobState::Succeeded), "the last snapshot shows the finish");
+    c.stop().await?;
+    Ok(())
+}
+
+/// Every finite, subnormal and infinite loss survives bit for bit (SQLite folds -0.0 into 0.0,
+/// the one value that does not, and a loss can't be -0.0 anyway).
+#[tokio::test]
+async fn extreme_losses_round_trip_exactly() -> anyhow::Result<()> {
+    let mut c = spawn_coordinator().await?;
+    c.submit(&grid(1, 1)).await?;
+    let worker = c.register("w").await?;
+    let lease = c.lease(&worker).await?;
+    let losses = [
+        f64::MAX,
+        f64::MIN_POSITIVE,
+        5e-324,
+        -1e-310,
+        0.1 + 0.2,
+        1.0 / 3.0,
+        f64::NEG_INFINITY,
+        123456789.123456789,
+        2.0f64.sqrt(),
+    ];
+    let points: Vec<pb::Point> = losses
+        .iter()
+        .enumerate()
+        .map(|(i, &loss)| pb::Point { series: pb::Series::Train as i32, step: i as u64 + 1, loss })
+        .collect();
+    c.report(&lease.job_id, lease.attempt, &points, 4).await?;
+    let curve = c.sweeps.get_curve(pb::GetCurveRequest { job_id: lease.job_id.clone() }).await?.into_inner();
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&curve.train_losses), bits(&losses), "every loss survives bit for bit");
+    assert!(curve.eval_steps.is_empty());
     c.stop().await?;
     Ok(())
 }
