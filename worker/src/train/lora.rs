@@ -183,14 +183,7 @@ impl Adapters {
         let xw = cast(x, work)?;
         let x_in = match dropout {
             Some(key) if self.dropout > 0.0 => {
-                let mut rng = stream(
-                    key.seed,
-                    Purpose::Dropout,
-                    &[key.micro_step, layer as u64, module as u64],
-                );
-                let mask = dropout_mask(&mut rng, x.elem_count(), self.dropout);
-                let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(work)?;
-                xw.mul(&mask)?
+                xw.mul(&self.dropout_mask(x, work, key, layer, module)?)?
             }
             _ => xw,
         };
@@ -202,6 +195,36 @@ impl Adapters {
             .matmul(&ad.b.t()?)?;
         let h = cast(&(h * (self.alpha / self.r as f64))?, y.dtype())?;
         y.add(&h.reshape(y.shape())?)
+    }
+}
+
+impl Adapters {
+    /// The dropout keep-mask (`1/(1-p)` or 0) for one adapter input.
+    ///
+    /// On CPU it comes from our ChaCha stream keyed by (seed, micro-batch, layer, module). On a
+    /// GPU, drawing ~10⁸ numbers per micro-batch on the host would starve the device, so the
+    /// mask comes from the device RNG, which [`super::run::train_loop`] seeds from the job seed:
+    /// reproducible on the same device, but not the same masks as on CPU.
+    fn dropout_mask(
+        &self,
+        x: &Tensor,
+        dtype: DType,
+        key: DropoutKey,
+        layer: usize,
+        module: usize,
+    ) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            let mut rng = stream(
+                key.seed,
+                Purpose::Dropout,
+                &[key.micro_step, layer as u64, module as u64],
+            );
+            let mask = dropout_mask(&mut rng, x.elem_count(), self.dropout);
+            Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(dtype)
+        } else {
+            let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?.ge(self.dropout)?;
+            keep.to_dtype(dtype)? * (1.0 / (1.0 - self.dropout))
+        }
     }
 }
 

@@ -393,3 +393,67 @@ fn bf16_base_tracks_f32_and_keeps_f32_adapter_gradients() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+#[test]
+fn loads_sharded_checkpoints_and_an_untied_head() -> anyhow::Result<()> {
+    let cfg = tiny_cfg();
+    let dev = Device::Cpu;
+    let mut ts = random_weights(&cfg, 8)?;
+    let head = Tensor::randn(0f32, 0.02, (cfg.vocab_size, cfg.hidden_size), &dev)?;
+    ts.insert("lm_head.weight".into(), head.clone());
+    let dir = tempfile::tempdir()?;
+    let (mut s1, mut s2) = (
+        std::collections::HashMap::new(),
+        std::collections::HashMap::new(),
+    );
+    let mut map = serde_json::Map::new();
+    for (k, v) in &ts {
+        let (shard, file) = if k.contains("layers.1.") || k.starts_with("lm_head") {
+            (&mut s2, "model-00002-of-00002.safetensors")
+        } else {
+            (&mut s1, "model-00001-of-00002.safetensors")
+        };
+        shard.insert(k.clone(), v.clone());
+        map.insert(k.clone(), file.into());
+    }
+    candle_core::safetensors::save(&s1, dir.path().join("model-00001-of-00002.safetensors"))?;
+    candle_core::safetensors::save(&s2, dir.path().join("model-00002-of-00002.safetensors"))?;
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        serde_json::to_string(&serde_json::json!({"metadata": {}, "weight_map": map}))?,
+    )?;
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_string(&serde_json::json!({
+            "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+            "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_hidden_layers,
+            "num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.num_key_value_heads,
+            "rms_norm_eps": cfg.rms_norm_eps, "rope_parameters": {"rope_theta": cfg.rope_theta, "rope_type": "default"},
+            "tie_word_embeddings": false, "max_position_embeddings": 64
+        }))?,
+    )?;
+    let loaded = Qwen2Model::load(dir.path(), DType::F32, &dev)?;
+    assert_eq!(
+        loaded.cfg.rope_theta, cfg.rope_theta,
+        "rope_theta from rope_parameters"
+    );
+    let x = ids(1, 7, 32, &dev);
+    let logits = loaded.logits(&x, None, None)?;
+    let want = loaded
+        .hidden(&x, None, None)?
+        .broadcast_matmul(&head.t()?)?;
+    assert!((logits - want)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+    let mem = Qwen2Model::from_tensors(&cfg, ts, DType::F32, &dev)?;
+    let d = (mem.logits(&x, None, None)? - loaded.logits(&x, None, None)?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+    assert_eq!(d, 0.0);
+
+    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors"))?;
+    let err = Qwen2Model::load(dir.path(), DType::F32, &dev)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
+    Ok(())
+}

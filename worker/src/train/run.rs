@@ -90,6 +90,10 @@ pub fn train_loop(
         ));
     }
     let start = Instant::now();
+    if !model.device().is_cpu() {
+        // GPU dropout masks come from the device RNG (see `Adapters::dropout_mask`).
+        model.device().set_seed(super::rng::splitmix64(job.seed))?;
+    }
     let n_micro = data.train.len().div_ceil(t.micro_batch) as u64;
     let sched = LinearSchedule::new(
         job.lr,
