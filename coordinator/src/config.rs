@@ -104,3 +104,40 @@ impl TryFrom<Cli> for Config {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, String> {
+        let cli = Cli::try_parse_from([&["lorasweep-coordinator"], args].concat()).map_err(|e| e.to_string())?;
+        Config::try_from(cli).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn flags_parse_into_a_validated_config() {
+        let c = config(&["--data-dir", "/tmp/x", "--lease-ttl", "2m", "--max-attempts", "5", "--synchronous", "normal"])
+            .expect("valid flags");
+        assert_eq!((c.lease_ttl, c.max_attempts, c.synchronous), (Duration::from_secs(120), 5, Durability::Normal));
+        assert_eq!(c.heartbeat_interval(), Duration::from_secs(40));
+        assert_eq!(c.reap_interval, Duration::from_secs(1));
+        let defaults = config(&[]).expect("defaults are valid");
+        assert_eq!((defaults.lease_ttl, defaults.max_attempts), (Duration::from_secs(30), 3));
+        assert_eq!(defaults.synchronous, Durability::Full);
+    }
+
+    #[test]
+    fn bad_flags_are_refused_by_name() {
+        for (args, needle) in [
+            (&["--lease-ttl", "500ms"][..], "--lease-ttl"),
+            (&["--max-attempts", "0"][..], "--max-attempts"),
+            (&["--lease-ttl", "soon"][..], "soon"),
+            (&["--synchronous", "off"][..], "off"),
+        ] {
+            let err = config(args).expect_err("bad flag accepted");
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+}

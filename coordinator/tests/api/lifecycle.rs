@@ -175,3 +175,15 @@ async fn extreme_losses_round_trip_exactly() -> anyhow::Result<()> {
     c.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_watch_streams() -> anyhow::Result<()> {
+    let mut c = spawn_coordinator().await?;
+    let sweep_id = c.submit(&grid(1, 1)).await?;
+    let mut stream = c.sweeps.clone().watch_sweep(pb::WatchSweepRequest { sweep_id }).await?.into_inner();
+    stream.message().await?.expect("a first snapshot");
+    // The sweep never finishes, yet a graceful shutdown must not wait on its watcher.
+    tokio::time::timeout(std::time::Duration::from_secs(5), c.stop()).await??;
+    assert!(matches!(stream.message().await, Ok(None) | Err(_)), "the stream ended");
+    Ok(())
+}
