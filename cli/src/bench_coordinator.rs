@@ -219,7 +219,7 @@ async fn phases(url: &str, args: &BenchCoordinatorArgs) -> anyhow::Result<()> {
 }
 
 async fn connect(url: &str) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(url.to_string())?.connect().await.with_context(|| format!("connecting to {url}"))?)
+    Channel::from_shared(url.to_string())?.connect().await.with_context(|| format!("connecting to {url}"))
 }
 
 /// Submits a sweep of `jobs` cells (one init, one lr, seeds 0..jobs) with small settings.

@@ -118,8 +118,9 @@ mod tests {
 
     #[test]
     fn flags_parse_into_a_validated_config() {
-        let c = config(&["--data-dir", "/tmp/x", "--lease-ttl", "2m", "--max-attempts", "5", "--synchronous", "normal"])
-            .expect("valid flags");
+        let c =
+            config(&["--data-dir", "/tmp/x", "--lease-ttl", "2m", "--max-attempts", "5", "--synchronous", "normal"])
+                .expect("valid flags");
         assert_eq!((c.lease_ttl, c.max_attempts, c.synchronous), (Duration::from_secs(120), 5, Durability::Normal));
         assert_eq!(c.heartbeat_interval(), Duration::from_secs(40));
         assert_eq!(c.reap_interval, Duration::from_secs(1));

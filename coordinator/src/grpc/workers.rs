@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{require_attempt, require_id};
 use crate::{
     error::{Error, Result},
-    store::Store,
+    store::{Store, jobs::Outcome},
 };
 
 /// Point messages of one stream that may be waiting on the writer at once. Pipelining lets a
@@ -181,7 +181,8 @@ impl Workers for WorkersService {
         if req.tokens > i64::MAX as u64 {
             return Err(Status::invalid_argument("tokens too large; allowed: ≤ i64::MAX"));
         }
-        self.store.complete(worker_id, job_id, attempt, state, req.final_eval_loss, req.tokens, req.seconds).await?;
+        let outcome = Outcome { state, final_eval_loss: req.final_eval_loss, tokens: req.tokens, seconds: req.seconds };
+        self.store.complete(worker_id, job_id, attempt, outcome).await?;
         Ok(Response::new(pb::CompleteJobResponse {}))
     }
 

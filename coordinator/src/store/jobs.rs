@@ -55,6 +55,19 @@ pub(crate) struct Beat {
     pub(crate) cancel: bool,
 }
 
+/// How an attempt finished, as CompleteJob reports it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outcome {
+    /// `Succeeded` or `Diverged`.
+    pub(crate) state: JobState,
+    /// The final eval loss, if an eval ran (NaN is stored as absent).
+    pub(crate) final_eval_loss: Option<f64>,
+    /// Training tokens processed.
+    pub(crate) tokens: u64,
+    /// Wall seconds of the run.
+    pub(crate) seconds: f64,
+}
+
 /// The lease-relevant columns of a job.
 #[derive(Debug, FromRow)]
 pub(crate) struct LeaseState {
@@ -206,17 +219,15 @@ impl Store {
             .await
     }
 
-    /// Ends a live attempt with a result (`Succeeded` or `Diverged`).
+    /// Ends a live attempt with a result.
     pub(crate) async fn complete(
         &self,
         worker_id: String,
         job_id: String,
         attempt: u32,
-        state: JobState,
-        final_eval_loss: Option<f64>,
-        tokens: u64,
-        seconds: f64,
+        outcome: Outcome,
     ) -> Result<()> {
+        let Outcome { state, final_eval_loss, tokens, seconds } = outcome;
         let now = self.now();
         self.writer
             .write(move |conn| {

@@ -159,7 +159,7 @@ async fn extreme_losses_round_trip_exactly() -> anyhow::Result<()> {
         0.1 + 0.2,
         1.0 / 3.0,
         f64::NEG_INFINITY,
-        123456789.123456789,
+        123_456_789.123_456_79,
         2.0f64.sqrt(),
     ];
     let points: Vec<pb::Point> = losses
