@@ -123,7 +123,7 @@ pub fn init_lora(
             })
         }
         LoraInit::OrthoEye | LoraInit::OrthoQrConst | LoraInit::OrthoQrMatch => {
-            if r % 2 != 0 {
+            if !r.is_multiple_of(2) {
                 return Err(TrainError::Invalid(format!(
                     "init {init} needs an even rank, got r={r}"
                 )));

@@ -135,7 +135,7 @@ pub fn train_loop(
                 return Err(TrainError::Cancelled);
             }
             let fresh = last_eval.is_some_and(|(s, _)| s == opt_step);
-            if i as u64 % t.eval_every == 0 && !(i == 0 && epoch > 0 && fresh) {
+            if (i as u64).is_multiple_of(t.eval_every) && !(i == 0 && epoch > 0 && fresh) {
                 let loss = eval(global, progress)?;
                 last_eval = Some((opt_step, loss));
                 diverged |= diverges(loss, t.divergence_threshold);
