@@ -34,9 +34,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub fn make_trainer(config: &Config) -> Result<Box<dyn Trainer>, WorkerError> {
     match config.trainer {
         TrainerKind::Synthetic => Ok(Box::new(SyntheticTrainer::new(config.synthetic_step))),
-        TrainerKind::Candle => Err(WorkerError::TrainerUnavailable(
-            "the candle trainer is not available yet in this build; use --trainer synthetic".into(),
-        )),
+        TrainerKind::Candle => crate::train::CandleTrainer::new(&config.device)
+            .map(|t| Box::new(t) as Box<dyn Trainer>)
+            .map_err(|e| WorkerError::TrainerUnavailable(format!("candle on {}: {e}", config.device))),
     }
 }
 
