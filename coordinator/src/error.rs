@@ -47,5 +47,21 @@ pub enum Error {
     Corrupt(String),
 }
 
+impl Error {
+    /// True for a refused call (bad input, unknown id, stale lease, wrong state), as opposed to
+    /// a failure of the machinery. Store operations refuse before they write anything, so a
+    /// refusal needs no rollback (see `store::writer`).
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidArgument(_)
+                | Error::Spec(_)
+                | Error::NotFound(_)
+                | Error::StaleLease(_)
+                | Error::WrongState(_)
+        )
+    }
+}
+
 /// Shorthand for coordinator results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
