@@ -77,6 +77,11 @@ pub(crate) fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
         r.step_s, r.forward_s, r.backward_s, r.optimizer_s, r.tokens_per_s
     );
     println!(
+        "process CPU time {} per step (user+sys, all threads; compare with wall time to see contention)",
+        r.cpu_s_per_step
+            .map_or("n/a".into(), |c| format!("{c:.2} s"))
+    );
+    println!(
         "peak RSS {}; losses {:?}",
         r.peak_rss_bytes
             .map_or("n/a".into(), |b| format!("{:.2} GB", b as f64 / 1e9)),

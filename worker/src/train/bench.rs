@@ -146,6 +146,9 @@ pub struct BenchReport {
     pub step_s: f64,
     /// Tokens per second at the median step.
     pub tokens_per_s: f64,
+    /// Process CPU seconds (user + system, all threads) per timed step: robust to other load
+    /// on the machine, unlike wall time. `None` where `/proc/self/stat` is unreadable.
+    pub cpu_s_per_step: Option<f64>,
     /// Peak resident set size in bytes (`VmHWM`), if readable.
     pub peak_rss_bytes: Option<u64>,
     /// Losses of every step (warm-up first), as a sanity check that training moves.
@@ -158,6 +161,18 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Process CPU time (utime + stime) in seconds from `/proc/self/stat`, assuming the usual
+/// 100 clock ticks per second.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -203,7 +218,11 @@ pub fn run_bench(opts: &BenchOpts, dev: &Device) -> Result<BenchReport, TrainErr
     let ids = Tensor::from_vec(ids, (opts.batch, opts.seq), dev)?;
     let (mut fwd, mut bwd, mut optim, mut step, mut losses) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let mut cpu_start = None;
     for s in 0..=opts.steps {
+        if s == 1 {
+            cpu_start = process_cpu_seconds();
+        }
         let t0 = Instant::now();
         let (loss, _) = model.loss(&ids, Some(&ads), None)?;
         let loss_val = loss.to_scalar::<f32>()? as f64;
@@ -233,6 +252,10 @@ pub fn run_bench(opts: &BenchOpts, dev: &Device) -> Result<BenchReport, TrainErr
             step.push((t3 - t0).as_secs_f64());
         }
     }
+    let cpu_s_per_step = match (cpu_start, process_cpu_seconds()) {
+        (Some(a), Some(b)) => Some((b - a) / opts.steps as f64),
+        _ => None,
+    };
     let step_s = median(step);
     Ok(BenchReport {
         shape: opts.shape.clone(),
@@ -244,6 +267,7 @@ pub fn run_bench(opts: &BenchOpts, dev: &Device) -> Result<BenchReport, TrainErr
         optimizer_s: median(optim),
         step_s,
         tokens_per_s: n as f64 / step_s,
+        cpu_s_per_step,
         peak_rss_bytes: peak_rss_bytes(),
         losses,
     })

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -100,6 +101,18 @@ pub struct Qwen2Model {
     lm_head: FrozenLinear,
     dtype: DType,
     device: Device,
+    /// RoPE tables and causal mask for the last sequence length seen: every block of a run has
+    /// the same length, so they are built (and uploaded) once instead of per forward.
+    positional: Arc<Mutex<Option<Positional>>>,
+}
+
+/// Per-length constants of the forward.
+#[derive(Debug)]
+struct Positional {
+    t: usize,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
 }
 
 impl Qwen2Model {
@@ -152,6 +165,7 @@ impl Qwen2Model {
             lm_head: FrozenLinear::new(head, None),
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            positional: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -190,6 +204,32 @@ impl Qwen2Model {
         &self.device
     }
 
+    /// RoPE `cos`/`sin` `[t, head_dim]` and the causal mask `[t, t]` (f32) for length `t`.
+    fn positional(&self, t: usize) -> Result<(Tensor, Tensor, Tensor)> {
+        // A poisoned lock only means another forward panicked; the cached tensors are immutable.
+        let mut guard = self.positional.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = guard.as_ref().filter(|p| p.t == t) {
+            return Ok((p.cos.clone(), p.sin.clone(), p.mask.clone()));
+        }
+        let rope = ops::RopeTables::new(
+            t,
+            self.cfg.head_dim(),
+            self.cfg.rope_theta,
+            self.dtype,
+            &self.device,
+        )?;
+        let mask = ops::causal_mask(t, DType::F32, &self.device)?;
+        let p = Positional {
+            t,
+            cos: rope.cos,
+            sin: rope.sin,
+            mask,
+        };
+        let out = (p.cos.clone(), p.sin.clone(), p.mask.clone());
+        *guard = Some(p);
+        Ok(out)
+    }
+
     /// Final hidden states `[b, t, hidden]` (after the final norm) for `ids` `[b, t]` u32.
     pub fn hidden(
         &self,
@@ -204,9 +244,7 @@ impl Qwen2Model {
             cfg.num_key_value_heads,
             cfg.head_dim(),
         );
-        let rope = ops::RopeTables::new(t, hd, cfg.rope_theta, self.dtype, &self.device)?;
-        let (cos, sin) = rope.narrow(t)?;
-        let mask = ops::causal_mask(t, DType::F32, &self.device)?;
+        let (cos, sin, mask) = self.positional(t)?;
         let proj = |layer: usize, m: usize, l: &Layer, x: &Tensor| -> Result<Tensor> {
             match ads {
                 Some(a) => a.apply(&l.proj[m], x, layer, m, dropout),
