@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use lorasweep_common::{LoraInit, sweep::STUDY_LRS};
 use lorasweep_proto::pb;
 use lorasweep_worker::train::tiny::{self, TinyModelConfig};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -35,6 +36,12 @@ pub(crate) struct DemoArgs {
     /// Training rows of the generated data set (more rows = more optimizer steps per job).
     #[arg(long, default_value_t = 320)]
     pub(crate) train_rows: usize,
+    /// Inits of the grid (default: all five, in the study's order).
+    #[arg(long, value_delimiter = ',', default_values_t = LoraInit::ALL.map(|i| i.name().to_string()))]
+    pub(crate) inits: Vec<String>,
+    /// Learning rates of the grid (default: the study's seven).
+    #[arg(long, value_delimiter = ',', default_values_t = STUDY_LRS)]
+    pub(crate) lrs: Vec<f64>,
     /// Run the synthetic trainer instead of candle (orchestration only, no model).
     #[arg(long)]
     pub(crate) synthetic: bool,
@@ -44,8 +51,10 @@ pub(crate) struct DemoArgs {
 const DEMO_MAX_LENGTH: usize = 64;
 
 /// The sweep file the demo submits; also written to `OUT/sweep.toml` as a worked example.
-fn sweep_toml(model: &Path, data: &Path, seeds: u64) -> String {
-    let seeds: Vec<String> = (42..42 + seeds).map(|s| s.to_string()).collect();
+fn sweep_toml(model: &Path, data: &Path, args: &DemoArgs) -> String {
+    let seeds: Vec<String> = (42..42 + args.seeds).map(|s| s.to_string()).collect();
+    let inits: Vec<String> = args.inits.iter().map(|i| format!("{i:?}")).collect();
+    let lrs: Vec<String> = args.lrs.iter().map(|lr| format!("{lr:e}")).collect();
     // A JSON string is a valid TOML basic string, escapes included.
     let quote = |p: &Path| serde_json::Value::String(p.display().to_string()).to_string();
     let (model, data) = (quote(model), quote(data));
@@ -73,10 +82,12 @@ epochs = 1
 eval_every = 8
 
 [grid]
-inits = ["standard", "reversed", "ortho-eye", "ortho-qr-const", "ortho-qr-match"]
-lrs = [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2]
+inits = [{}]
+lrs = [{}]
 seeds = [{}]
 "#,
+        inits.join(", "),
+        lrs.join(", "),
         seeds.join(", ")
     )
 }
@@ -143,7 +154,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     tracker.close();
 
-    let result = drive(&url, &out, &model_dir, &data_dir, args.seeds).await;
+    let result = drive(&url, &out, &sweep_toml(&model_dir, &data_dir, &args)).await;
     shutdown.cancel();
     tracker.wait().await;
     let sweep = result?;
@@ -156,21 +167,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 /// Submits the sweep, watches it, and writes the results. Returns the sweep id.
-async fn drive(
-    url: &str,
-    out: &Path,
-    model: &Path,
-    data: &Path,
-    seeds: u64,
-) -> anyhow::Result<String> {
-    let toml = sweep_toml(model, data, seeds);
+async fn drive(url: &str, out: &Path, toml: &str) -> anyhow::Result<String> {
     let sweep_path = out.join("sweep.toml");
-    std::fs::write(&sweep_path, &toml)
+    std::fs::write(&sweep_path, toml)
         .with_context(|| format!("writing {}", sweep_path.display()))?;
     let mut client = client::connect(url).await?;
     let submitted = client
         .submit_sweep(pb::SubmitSweepRequest {
-            sweep_toml: toml,
+            sweep_toml: toml.to_string(),
             source: sweep_path.display().to_string(),
         })
         .await
@@ -201,10 +205,17 @@ async fn drive(
         results_render::render(&results, Format::Markdown, &fetched.name),
     )
     .with_context(|| format!("writing {}", md.display()))?;
+    let json = out.join("results.json");
+    std::fs::write(
+        &json,
+        results_render::render(&results, Format::Json, &fetched.name),
+    )
+    .with_context(|| format!("writing {}", json.display()))?;
 
     eprintln!("[5/5] plots");
     let written = cmd_results::write_plots(&mut client, &fetched, None, out).await?;
     eprintln!("      wrote {}", md.display());
+    eprintln!("      wrote {}", json.display());
     for p in written {
         eprintln!("      wrote {}", p.display());
     }
