@@ -28,9 +28,12 @@ pub(crate) struct BenchCoordinatorArgs {
     /// Points per ReportPoints message.
     #[arg(long, default_value_t = 1_000)]
     batch: usize,
-    /// Lease+complete cycles in the cycle phase (all workers together).
+    /// Lease+complete cycles per round of the cycle phase (all workers together).
     #[arg(long, default_value_t = 4_000)]
     cycles: usize,
+    /// Rounds of the cycle phase; the median round is judged.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Measure the coordinator at `--coordinator` instead of starting one in process.
     #[arg(long)]
     external: bool,
@@ -46,6 +49,7 @@ pub(crate) async fn run(coordinator_url: &str, args: BenchCoordinatorArgs) -> an
         "--workers, --batch and --points must be ≥ 1"
     );
     anyhow::ensure!(args.cycles >= 1 && args.cycles <= 10_000, "--cycles must be in 1..=10000 (one sweep's grid)");
+    anyhow::ensure!(args.rounds >= 1, "--rounds must be ≥ 1");
     let shutdown = CancellationToken::new();
     let mut server = None;
     let mut data_dir: Option<PathBuf> = None;
@@ -161,42 +165,30 @@ async fn phases(url: &str, args: &BenchCoordinatorArgs) -> anyhow::Result<()> {
     let t = median(&mut times);
     report(&format!("GetCurve of a {len}-point curve (median of 5)"), t, "< 250 ms", t < Duration::from_millis(250));
 
-    // Phase 3: lease+complete cycles.
-    submit(&mut sweeps, args.cycles).await?;
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (client, id) in &clients {
-        let (mut client, id) = (client.clone(), id.clone());
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let t = Instant::now();
-                let lease = client.lease_job(pb::LeaseJobRequest { worker_id: id.clone() }).await?.into_inner().lease;
-                latencies.push(t.elapsed());
-                let Some(lease) = lease else { break };
-                complete(&mut client, &id, &lease).await?;
-            }
-            anyhow::Ok(latencies)
-        });
-    }
+    // Phase 3: lease+complete cycles, in rounds: on a shared 2-core machine one round can land
+    // on a compile burst, so every round is printed and the median judged.
+    let mut rates = Vec::new();
     let mut latencies = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        latencies.extend(done??);
+    for round in 1..=args.rounds {
+        let (rate, mut round_latencies) = cycle_round(&mut sweeps, &clients, args.cycles).await?;
+        println!("{:<44} {:>12.0} cycles/s", format!("  lease+complete round {round}/{}", args.rounds), rate);
+        rates.push(rate);
+        latencies.append(&mut round_latencies);
     }
-    let elapsed = started.elapsed();
-    let cycles = latencies.len() - clients.len(); // each worker's last lease found nothing
-    let rate = cycles as f64 / elapsed.as_secs_f64();
+    rates.sort_by(f64::total_cmp);
+    let rate = rates[rates.len() / 2];
     println!(
-        "{:<44} {:>12.0} cycles/s  ({cycles} cycles by {} workers, {:.2} s)   target ≥ 1000  {}",
+        "{:<44} {:>12.0} cycles/s  (median of {} rounds of {} cycles by {} workers)   target ≥ 1000  {}",
         "lease+complete cycles",
         rate,
+        args.rounds,
+        args.cycles,
         clients.len(),
-        elapsed.as_secs_f64(),
         verdict(rate >= 1000.0)
     );
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
-    println!("{:<44} {:>12.2} ms p50, {:.2} ms p99", "lease latency", ms(pct(0.5)), ms(pct(0.99)));
+    println!("{:<44} {:>12.2} ms p50, {:.2} ms p99", "lease latency (all rounds)", ms(pct(0.5)), ms(pct(0.99)));
 
     // Phase 4: `status` of the 140-job study sweep.
     let sweep_id = sweeps
@@ -216,6 +208,38 @@ async fn phases(url: &str, args: &BenchCoordinatorArgs) -> anyhow::Result<()> {
     let t = median(&mut times);
     report("status of a 140-job sweep (median of 10)", t, "< 100 ms", t < Duration::from_millis(100));
     Ok(())
+}
+
+/// One round: every worker leases and completes until the queue is empty. Returns cycles/s and
+/// every lease call's latency.
+async fn cycle_round(
+    sweeps: &mut SweepsClient<Channel>,
+    clients: &[(WorkersClient<Channel>, String)],
+    cycles: usize,
+) -> anyhow::Result<(f64, Vec<Duration>)> {
+    submit(sweeps, cycles).await?;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (client, id) in clients {
+        let (mut client, id) = (client.clone(), id.clone());
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let t = Instant::now();
+                let lease = client.lease_job(pb::LeaseJobRequest { worker_id: id.clone() }).await?.into_inner().lease;
+                latencies.push(t.elapsed());
+                let Some(lease) = lease else { break };
+                complete(&mut client, &id, &lease).await?;
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        latencies.extend(done??);
+    }
+    let done = latencies.len() - clients.len(); // each worker's last lease found nothing
+    Ok((done as f64 / started.elapsed().as_secs_f64(), latencies))
 }
 
 async fn connect(url: &str) -> anyhow::Result<Channel> {

@@ -187,3 +187,17 @@ async fn shutdown_ends_open_watch_streams() -> anyhow::Result<()> {
     assert!(matches!(stream.message().await, Ok(None) | Err(_)), "the stream ended");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_message_larger_than_one_write_is_stored_whole() -> anyhow::Result<()> {
+    let mut c = spawn_coordinator().await?;
+    c.submit(&grid(1, 1)).await?;
+    let worker = c.register("w").await?;
+    let lease = c.lease(&worker).await?;
+    // One 30,000-point message spans four writes inside the coordinator.
+    assert_eq!(c.report(&lease.job_id, lease.attempt, &train_points(30_000), 30_000).await?, 30_000);
+    let curve = c.sweeps.get_curve(pb::GetCurveRequest { job_id: lease.job_id.clone() }).await?.into_inner();
+    assert_eq!(curve.train_steps, (1..=30_000).collect::<Vec<_>>());
+    c.stop().await?;
+    Ok(())
+}
