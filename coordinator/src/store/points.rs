@@ -11,7 +11,7 @@ use super::{
 };
 use crate::error::Result;
 
-/// Largest multi-row INSERT: 256 rows × 4 parameters stays far below SQLite's 32766-variable
+/// Largest multi-row INSERT: 256 rows × 5 parameters stays far below SQLite's 32766-variable
 /// limit while cutting per-statement overhead 256-fold.
 const CHUNK: usize = 256;
 
@@ -22,8 +22,8 @@ fn insert_sql(rows: usize) -> &'static str {
     let all = SQL.get_or_init(|| {
         (0..=CHUNK.trailing_zeros())
             .map(|k| {
-                let values = vec!["(?, ?, ?, ?)"; 1 << k].join(", ");
-                format!("INSERT INTO loss_points (job_pk, series, step, loss) VALUES {values} ON CONFLICT DO NOTHING")
+                let values = vec!["(?, ?, ?, ?, ?)"; 1 << k].join(", ");
+                format!("INSERT INTO loss_points (job_pk, series, step, loss, bits) VALUES {values} ON CONFLICT DO NOTHING")
             })
             .collect()
     });
@@ -39,8 +39,8 @@ async fn insert(conn: &mut SqliteConnection, job_pk: i64, points: &[LossPoint]) 
         let (chunk, tail) = rest.split_at(n);
         let mut query = sqlx::query(insert_sql(n));
         for p in chunk {
-            // NaN binds as NULL (SQLite has no NaN) and reads back as NaN; ±inf are stored as is.
-            query = query.bind(job_pk).bind(p.series.name()).bind(p.step as i64).bind(p.loss);
+            // `loss` is for people (NaN binds as NULL); `bits` is the exact value GetCurve returns.
+            query = query.bind(job_pk).bind(p.series.name()).bind(p.step as i64).bind(p.loss).bind(p.loss.to_bits() as i64);
         }
         query.execute(&mut *conn).await?;
         rest = tail;
@@ -106,10 +106,9 @@ impl Store {
             .ok_or_else(|| unknown_job(job_id))?;
         // One row per series with the curve aggregated inside SQLite: decoding 100k rows one by
         // one through sqlx costs ~1 µs each (several times that on a loaded machine), while two
-        // text rows parse in a few ms. quote() prints a REAL with 15 digits, or 20 if that does
-        // not round-trip, so the losses come back bit-exact; a NULL (NaN) prints as NULL.
+        // text rows of integers parse in a few ms. Losses travel as their exact bit patterns.
         let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT series, group_concat(step, ',' ORDER BY step), group_concat(quote(loss), ',' ORDER BY step) \
+            "SELECT series, group_concat(step, ',' ORDER BY step), group_concat(bits, ',' ORDER BY step) \
              FROM loss_points WHERE job_pk = ?1 GROUP BY series",
         )
         .bind(pk)
@@ -126,7 +125,7 @@ impl Store {
                 steps.split(',').map(|s| s.parse::<u64>().map_err(|e| corrupt(job_id, s, e))).collect::<Result<_>>()?;
             *loss_out = losses
                 .split(',')
-                .map(|s| if s == "NULL" { Ok(f64::NAN) } else { s.parse::<f64>().map_err(|e| corrupt(job_id, s, e)) })
+                .map(|s| s.parse::<i64>().map(|bits| f64::from_bits(bits as u64)).map_err(|e| corrupt(job_id, s, e)))
                 .collect::<Result<_>>()?;
         }
         Ok(curve)

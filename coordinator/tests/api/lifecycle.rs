@@ -143,8 +143,8 @@ async fn watch_streams_snapshots_and_ends_when_the_sweep_finishes() -> anyhow::R
     Ok(())
 }
 
-/// Every finite, subnormal and infinite loss survives bit for bit (SQLite folds -0.0 into 0.0,
-/// the one value that does not, and a loss can't be -0.0 anyway).
+/// Every loss survives bit for bit: extremes, subnormals, infinities, NaN payloads. (Not -0.0:
+/// proto3 omits a double equal to 0.0, so -0.0 arrives as 0.0 before the coordinator sees it.)
 #[tokio::test]
 async fn extreme_losses_round_trip_exactly() -> anyhow::Result<()> {
     let mut c = spawn_coordinator().await?;
@@ -161,6 +161,7 @@ async fn extreme_losses_round_trip_exactly() -> anyhow::Result<()> {
         f64::NEG_INFINITY,
         123_456_789.123_456_79,
         2.0f64.sqrt(),
+        f64::from_bits(0x7ff8_0000_0000_beef),
     ];
     let points: Vec<pb::Point> = losses
         .iter()
