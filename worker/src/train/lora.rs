@@ -63,6 +63,9 @@ pub struct Adapters {
     pub list: Vec<Adapter>,
     /// `index[layer][module_index]` → position in `list`.
     index: Vec<[Option<usize>; 7]>,
+    /// False for an eval view ([`Adapters::for_eval`]): the forward uses detached A/B, so no
+    /// autograd graph is recorded and activations are freed as soon as they are consumed.
+    track_grads: bool,
 }
 
 /// Per-forward dropout state: `None` in eval mode.
@@ -135,7 +138,16 @@ impl Adapters {
             dropout: spec.dropout,
             list,
             index,
+            track_grads: true,
         })
+    }
+
+    /// A view sharing the same A/B storage whose forward records no gradient graph (for eval).
+    pub fn for_eval(&self) -> Self {
+        Self {
+            track_grads: false,
+            ..self.clone()
+        }
     }
 
     /// The adapter on `(layer, module)`, if any.
@@ -189,10 +201,12 @@ impl Adapters {
         };
         let d_in = x.dim(candle_core::D::Minus1)?;
         let n = x.elem_count() / d_in;
-        let h = x_in
-            .reshape((n, d_in))?
-            .matmul(&ad.a.t()?)?
-            .matmul(&ad.b.t()?)?;
+        let (a, b) = if self.track_grads {
+            (ad.a.as_tensor().clone(), ad.b.as_tensor().clone())
+        } else {
+            (ad.a.as_tensor().detach(), ad.b.as_tensor().detach())
+        };
+        let h = x_in.reshape((n, d_in))?.matmul(&a.t()?)?.matmul(&b.t()?)?;
         let h = cast(&(h * (self.alpha / self.r as f64))?, y.dtype())?;
         y.add(&h.reshape(y.shape())?)
     }

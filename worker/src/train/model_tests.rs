@@ -457,3 +457,28 @@ fn loads_sharded_checkpoints_and_an_untied_head() -> anyhow::Result<()> {
     assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
     Ok(())
 }
+
+#[test]
+fn eval_view_records_no_graph_but_gives_the_same_loss() -> anyhow::Result<()> {
+    let cfg = tiny_cfg();
+    let dev = Device::Cpu;
+    let model = Qwen2Model::from_tensors(&cfg, random_weights(&cfg, 9)?, DType::F32, &dev)?;
+    let ads = Adapters::init(
+        &all_targets(4),
+        LoraInit::OrthoQrConst,
+        1,
+        2,
+        &|m| cfg.proj_dims(m),
+        &dev,
+    )?;
+    let x = ids(2, 9, 32, &dev);
+    let (train_loss, _) = model.loss(&x, Some(&ads), None)?;
+    let (eval_loss, _) = model.loss(&x, Some(&ads.for_eval()), None)?;
+    assert_eq!(
+        train_loss.to_scalar::<f32>()?,
+        eval_loss.to_scalar::<f32>()?
+    );
+    assert!(train_loss.backward()?.get(&ads.vars()[0]).is_some());
+    assert!(eval_loss.backward()?.get(&ads.vars()[0]).is_none());
+    Ok(())
+}

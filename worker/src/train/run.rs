@@ -54,11 +54,14 @@ pub fn eval_loss(
             "the eval split packs into 0 blocks".into(),
         ));
     }
+    // No gradients in eval: a detached view keeps candle from recording the graph (and from
+    // holding every activation until the loss is dropped).
+    let eval_ads = ads.map(Adapters::for_eval);
     let (mut sum, mut count) = (0f64, 0usize);
     let idx: Vec<usize> = (0..blocks.len()).collect();
     for chunk in idx.chunks(batch_size.max(1)) {
         let ids = batch(blocks, chunk, model.device())?;
-        let (loss, n) = model.loss(&ids, ads, None)?;
+        let (loss, n) = model.loss(&ids, eval_ads.as_ref(), None)?;
         // HF: Σ (batch mean × #label tokens) / Σ #label tokens.
         sum += loss.to_scalar::<f32>()? as f64 * n as f64;
         count += n;
