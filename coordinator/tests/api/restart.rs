@@ -124,3 +124,26 @@ async fn kill_9_loses_nothing_acknowledged() -> anyhow::Result<()> {
     child.wait()?;
     Ok(())
 }
+
+#[tokio::test]
+async fn sigterm_shuts_down_gracefully() -> anyhow::Result<()> {
+    let dir = tempfile::TempDir::new()?;
+    let (mut child, addr) = start_binary(dir.path())?;
+    let mut sweeps = SweepsClient::connect(addr).await?;
+    sweeps.submit_sweep(pb::SubmitSweepRequest { sweep_toml: grid(1, 1), source: "t.toml".into() }).await?;
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    anyhow::ensure!(status.success(), "kill -TERM failed");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait()? {
+            break exit;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill()?;
+            anyhow::bail!("the coordinator did not exit within 10 s of SIGTERM");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
+    Ok(())
+}
