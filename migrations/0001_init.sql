@@ -35,6 +35,8 @@ CREATE TABLE jobs (
     worker_id        TEXT,
     -- 0 when not running.
     lease_expires_at INTEGER NOT NULL DEFAULT 0,
+    -- When the current (or last) attempt was leased; 0 before the first lease.
+    leased_at        INTEGER NOT NULL DEFAULT 0,
     step             INTEGER NOT NULL DEFAULT 0,
     total_steps      INTEGER NOT NULL DEFAULT 0,
     last_train_loss  REAL,
@@ -75,8 +77,10 @@ CREATE TABLE loss_points (
     PRIMARY KEY (job_pk, series, step)
 ) WITHOUT ROWID;
 
--- What happened to sweeps and jobs, for post-mortems (submitted, leased, completed, failed,
--- expired, released, cancelled, retried).
+-- What happened to sweeps and jobs, for post-mortems: submitted, cancelled, retried (per sweep);
+-- completed, failed-attempt, failed, released, expired (per attempt, naming its worker and lease
+-- time). A lease writes no row of its own: the job row holds worker, attempt and leased_at, and
+-- the event that ends the attempt records them, which keeps the hottest write one statement short.
 CREATE TABLE events (
     id       INTEGER PRIMARY KEY,
     at       INTEGER NOT NULL,

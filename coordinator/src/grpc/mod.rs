@@ -83,6 +83,7 @@ pub(crate) fn job_to_pb(row: JobRow) -> pb::Job {
         tokens: row.tokens as u64,
         seconds: row.seconds,
         failures: row.failures as u32,
+        leased_at_ms: row.leased_at,
     }
 }
 

@@ -10,7 +10,7 @@ use super::{Store, event, state_of};
 use crate::error::{Error, Result};
 
 /// Columns of [`JobRow`], in its order.
-const JOB_COLUMNS: &str = "id, sweep_id, init, lr, seed, state, attempt, failures, worker_id, lease_expires_at, \
+const JOB_COLUMNS: &str = "id, sweep_id, init, lr, seed, state, attempt, failures, worker_id, lease_expires_at, leased_at, \
      step, total_steps, last_train_loss, final_eval_loss, tokens, seconds, error, updated_at";
 
 /// A job as stored.
@@ -26,6 +26,7 @@ pub(crate) struct JobRow {
     pub(crate) failures: i64,
     pub(crate) worker_id: Option<String>,
     pub(crate) lease_expires_at: i64,
+    pub(crate) leased_at: i64,
     pub(crate) step: i64,
     pub(crate) total_steps: i64,
     pub(crate) last_train_loss: Option<f64>,
@@ -75,8 +76,10 @@ pub(crate) struct LeaseState {
     pub(crate) sweep_id: String,
     pub(crate) state: String,
     pub(crate) attempt: i64,
+    pub(crate) failures: i64,
     pub(crate) worker_id: Option<String>,
     pub(crate) lease_expires_at: i64,
+    pub(crate) leased_at: i64,
 }
 
 /// Checks that `(job_id, attempt)` is the job's current attempt, held by `worker` (if given),
@@ -90,12 +93,13 @@ pub(crate) async fn check_lease(
     worker: Option<&str>,
     allow_cancelled: bool,
 ) -> Result<(LeaseState, JobState)> {
-    let job: LeaseState =
-        sqlx::query_as("SELECT pk, sweep_id, state, attempt, worker_id, lease_expires_at FROM jobs WHERE id = ?1")
-            .bind(job_id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .ok_or_else(|| unknown_job(job_id))?;
+    let job: LeaseState = sqlx::query_as(
+        "SELECT pk, sweep_id, state, attempt, failures, worker_id, lease_expires_at, leased_at FROM jobs WHERE id = ?1",
+    )
+    .bind(job_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| unknown_job(job_id))?;
     if i64::from(attempt) != job.attempt {
         return Err(Error::StaleLease(format!(
             "attempt {attempt} of job {job_id} is stale: the job's current attempt is {}; drop the job",
@@ -161,10 +165,12 @@ impl Store {
                 Box::pin(async move {
                     super::workers::touch(conn, &worker_id, now).await?;
                     // One statement: the single writer already serialises leases, and this stays
-                    // atomic even if another process ever writes the file.
+                    // atomic even if another process ever writes the file. No event row: the
+                    // event that ends the attempt records its worker and lease time.
                     let lease: Option<LeaseRow> = sqlx::query_as(
                         "UPDATE jobs SET state = 'running', attempt = attempt + 1, worker_id = ?1, \
-                         lease_expires_at = ?2, updated_at = ?3, step = 0, total_steps = 0, last_train_loss = NULL \
+                         lease_expires_at = ?2, leased_at = ?3, updated_at = ?3, step = 0, total_steps = 0, \
+                         last_train_loss = NULL \
                          WHERE pk = (SELECT pk FROM jobs WHERE state = 'queued' ORDER BY pk LIMIT 1) \
                          RETURNING id, sweep_id, attempt, spec_json, lease_expires_at",
                     )
@@ -173,10 +179,6 @@ impl Store {
                     .bind(now)
                     .fetch_optional(&mut *conn)
                     .await?;
-                    if let Some(lease) = &lease {
-                        let detail = format!("attempt {} to worker {worker_id}", lease.attempt);
-                        event(conn, now, &lease.sweep_id, Some(&lease.id), "leased", &detail).await?;
-                    }
                     Ok(lease)
                 })
             })
@@ -245,7 +247,10 @@ impl Store {
                     .bind(now)
                     .execute(&mut *conn)
                     .await?;
-                    let detail = format!("attempt {attempt}: {state}, final eval loss {final_eval_loss:?}");
+                    let detail = format!(
+                        "attempt {attempt} (worker {worker_id}, leased at {}): {state}, final eval loss {final_eval_loss:?}",
+                        job.leased_at
+                    );
                     event(conn, now, &job.sweep_id, Some(&job_id), "completed", &detail).await?;
                     info!(job_id, attempt, %state, "job finished");
                     Ok(())
@@ -272,8 +277,7 @@ impl Store {
             .write(move |conn| {
                 Box::pin(async move {
                     let (job, _) = check_lease(conn, now, &job_id, attempt, Some(&worker_id), false).await?;
-                    let failures: i64 =
-                        sqlx::query_scalar("SELECT failures FROM jobs WHERE pk = ?1").bind(job.pk).fetch_one(&mut *conn).await?;
+                    let failures = job.failures;
                     let (state, failures, kind) = if released {
                         (JobState::Queued, failures, "released")
                     } else if retryable && failures + 1 < max_attempts {
@@ -291,7 +295,10 @@ impl Store {
                     .bind(now)
                     .execute(&mut *conn)
                     .await?;
-                    let detail = format!("attempt {attempt} (retryable {retryable}): {error}");
+                    let detail = format!(
+                        "attempt {attempt} (worker {worker_id}, leased at {}, retryable {retryable}): {error}",
+                        job.leased_at
+                    );
                     event(conn, now, &job.sweep_id, Some(&job_id), kind, &detail).await?;
                     warn!(job_id, attempt, %state, released, error, "attempt ended with an error");
                     Ok(state)
@@ -308,21 +315,22 @@ impl Store {
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
-                    let expired: Vec<(String, String, i64, String)> = sqlx::query_as(
+                    let expired: Vec<(String, String, i64, String, String, i64)> = sqlx::query_as(
                         "UPDATE jobs SET failures = failures + 1, \
                          state = CASE WHEN failures + 1 >= ?2 THEN 'failed' ELSE 'queued' END, \
                          error = 'lease of attempt ' || attempt || ' expired (no heartbeat)', \
                          lease_expires_at = 0, updated_at = ?1 \
                          WHERE state = 'running' AND lease_expires_at <= ?1 \
-                         RETURNING id, sweep_id, attempt, state",
+                         RETURNING id, sweep_id, attempt, state, coalesce(worker_id, ''), leased_at",
                     )
                     .bind(now)
                     .bind(max_attempts)
                     .fetch_all(&mut *conn)
                     .await?;
-                    for (job_id, sweep_id, attempt, state) in &expired {
-                        warn!(job_id, attempt, state, "lease expired");
-                        let detail = format!("attempt {attempt} expired; now {state}");
+                    for (job_id, sweep_id, attempt, state, worker, leased_at) in &expired {
+                        warn!(job_id, attempt, state, worker, "lease expired");
+                        let detail =
+                            format!("attempt {attempt} (worker {worker}, leased at {leased_at}) expired; now {state}");
                         event(conn, now, sweep_id, Some(job_id), "expired", &detail).await?;
                     }
                     Ok(expired.len())

@@ -23,7 +23,9 @@ fn insert_sql(rows: usize) -> &'static str {
         (0..=CHUNK.trailing_zeros())
             .map(|k| {
                 let values = vec!["(?, ?, ?, ?, ?)"; 1 << k].join(", ");
-                format!("INSERT INTO loss_points (job_pk, series, step, loss, bits) VALUES {values} ON CONFLICT DO NOTHING")
+                format!(
+                    "INSERT INTO loss_points (job_pk, series, step, loss, bits) VALUES {values} ON CONFLICT DO NOTHING"
+                )
             })
             .collect()
     });
@@ -40,7 +42,8 @@ async fn insert(conn: &mut SqliteConnection, job_pk: i64, points: &[LossPoint]) 
         let mut query = sqlx::query(insert_sql(n));
         for p in chunk {
             // `loss` is for people (NaN binds as NULL); `bits` is the exact value GetCurve returns.
-            query = query.bind(job_pk).bind(p.series.name()).bind(p.step as i64).bind(p.loss).bind(p.loss.to_bits() as i64);
+            query =
+                query.bind(job_pk).bind(p.series.name()).bind(p.step as i64).bind(p.loss).bind(p.loss.to_bits() as i64);
         }
         query.execute(&mut *conn).await?;
         rest = tail;

@@ -121,6 +121,19 @@ impl TestCoordinator {
         Ok(out)
     }
 
+    /// The event log of one job, oldest first, as (kind, detail).
+    pub(crate) async fn events(&self, job_id: &str) -> anyhow::Result<Vec<(String, String)>> {
+        use sqlx::Connection;
+        let mut conn =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", self.db_path().display())).await?;
+        let rows = sqlx::query_as("SELECT kind, detail FROM events WHERE job_id = ?1 ORDER BY id")
+            .bind(job_id)
+            .fetch_all(&mut conn)
+            .await?;
+        conn.close().await?;
+        Ok(rows)
+    }
+
     /// Submits `toml` and returns the sweep id.
     pub(crate) async fn submit(&mut self, toml: &str) -> anyhow::Result<String> {
         let resp = self

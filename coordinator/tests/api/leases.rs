@@ -85,7 +85,16 @@ async fn expired_lease_is_requeued_and_the_old_attempt_is_fenced_off() -> anyhow
     assert_eq!(c.counts().await?, before, "rejected calls store nothing");
 
     c.complete(&new_worker, &new, 1.9).await?;
-    assert_eq!(state(&c.job(&sweep_id, &new.job_id).await?), pb::JobState::Succeeded);
+    let job = c.job(&sweep_id, &new.job_id).await?;
+    assert_eq!(state(&job), pb::JobState::Succeeded);
+    assert_eq!(job.leased_at_ms, c.clock_now(), "attempt 2 was leased at the current clock reading");
+    let events = c.events(&new.job_id).await?;
+    let kinds: Vec<&str> = events.iter().map(|(kind, _)| kind.as_str()).collect();
+    assert_eq!(kinds, ["expired", "completed"], "{events:?}");
+    assert!(
+        events[0].1.contains(&old_worker) && events[1].1.contains(&new_worker),
+        "events name the workers: {events:?}"
+    );
     c.stop().await?;
     Ok(())
 }
