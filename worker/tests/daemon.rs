@@ -1,0 +1,347 @@
+//! The worker daemon against a scripted fake coordinator (a real tonic `Workers` server on
+//! 127.0.0.1:0), to pin down its protocol behaviour without a database: points are resent after
+//! transient failures, a heartbeat `cancel` or a stale lease drops the job, shutdown releases it.
+
+use std::{
+    collections::{BTreeSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use lorasweep_common::{JobSpec, LoraInit};
+use lorasweep_proto::pb::{
+    self,
+    workers_server::{Workers, WorkersServer},
+};
+use lorasweep_worker::{Config, TrainerKind, WorkerArgs, WorkerError};
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming, transport::server::TcpIncoming};
+
+/// What the fake coordinator was told, and how it should misbehave.
+#[derive(Debug, Default)]
+struct Script {
+    leases: VecDeque<pb::Lease>,
+    leased: u32,
+    /// Answer this many ReportPoints calls with UNAVAILABLE.
+    fail_reports: u32,
+    /// Answer ReportPoints with FAILED_PRECONDITION (the lease was lost).
+    stale_reports: bool,
+    /// Answer heartbeats with `cancel` once a step > 0 was reported.
+    cancel_when_running: bool,
+    report_calls: u32,
+    heartbeats: Vec<pb::HeartbeatRequest>,
+    points: Vec<pb::Point>,
+    completed: Vec<pb::CompleteJobRequest>,
+    failed: Vec<pb::FailJobRequest>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Fake(Arc<Mutex<Script>>);
+
+impl Fake {
+    fn with<T>(&self, f: impl FnOnce(&mut Script) -> T) -> T {
+        f(&mut self.0.lock().expect("test lock"))
+    }
+}
+
+#[tonic::async_trait]
+impl Workers for Fake {
+    async fn register_worker(
+        &self,
+        _: Request<pb::RegisterWorkerRequest>,
+    ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        Ok(Response::new(pb::RegisterWorkerResponse {
+            worker_id: "w1".into(),
+            lease_ttl_ms: 3000,
+            heartbeat_interval_ms: 30,
+        }))
+    }
+
+    async fn lease_job(
+        &self,
+        _: Request<pb::LeaseJobRequest>,
+    ) -> Result<Response<pb::LeaseJobResponse>, Status> {
+        let lease = self.with(|s| {
+            let l = s.leases.pop_front();
+            s.leased += u32::from(l.is_some());
+            l
+        });
+        Ok(Response::new(pb::LeaseJobResponse { lease }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = req.into_inner();
+        let cancel = self.with(|s| {
+            let cancel = s.cancel_when_running && req.step > 0;
+            s.heartbeats.push(req);
+            cancel
+        });
+        Ok(Response::new(pb::HeartbeatResponse {
+            expires_at_ms: 0,
+            cancel,
+        }))
+    }
+
+    async fn report_points(
+        &self,
+        req: Request<Streaming<pb::ReportPointsRequest>>,
+    ) -> Result<Response<pb::ReportPointsResponse>, Status> {
+        let mut stream = req.into_inner();
+        let mut got = Vec::new();
+        while let Some(msg) = stream.next().await {
+            got.extend(msg?.points);
+        }
+        self.with(|s| {
+            s.report_calls += 1;
+            if s.stale_reports {
+                return Err(Status::failed_precondition(
+                    "attempt 1 is not the live lease",
+                ));
+            }
+            if s.fail_reports > 0 {
+                s.fail_reports -= 1;
+                return Err(Status::unavailable("coordinator restarting"));
+            }
+            let n = got.len() as u64;
+            s.points.extend(got);
+            Ok(Response::new(pb::ReportPointsResponse { committed: n }))
+        })
+    }
+
+    async fn complete_job(
+        &self,
+        req: Request<pb::CompleteJobRequest>,
+    ) -> Result<Response<pb::CompleteJobResponse>, Status> {
+        self.with(|s| s.completed.push(req.into_inner()));
+        Ok(Response::new(pb::CompleteJobResponse {}))
+    }
+
+    async fn fail_job(
+        &self,
+        req: Request<pb::FailJobRequest>,
+    ) -> Result<Response<pb::FailJobResponse>, Status> {
+        self.with(|s| s.failed.push(req.into_inner()));
+        Ok(Response::new(pb::FailJobResponse {
+            state: pb::JobState::Queued as i32,
+        }))
+    }
+}
+
+/// A lease of a synthetic job with `steps` optimizer steps.
+fn lease(job_id: &str, steps: u64) -> pb::Lease {
+    let mut train = lorasweep_common::job::TrainSpec::default();
+    train.max_steps = Some(steps);
+    let spec = JobSpec {
+        model: Default::default(),
+        data: Default::default(),
+        lora: Default::default(),
+        train,
+        init: LoraInit::Standard,
+        lr: 1e-3,
+        seed: 42,
+    };
+    pb::Lease {
+        job_id: job_id.into(),
+        attempt: 1,
+        spec_json: serde_json::to_string(&spec).expect("spec serialises"),
+        expires_at_ms: 0,
+        sweep_id: "s".into(),
+    }
+}
+
+/// Serves `fake` and runs a synthetic worker (`step_ms` per step) against it.
+async fn start(
+    fake: &Fake,
+    step_ms: u64,
+) -> anyhow::Result<(CancellationToken, JoinHandle<Result<(), WorkerError>>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let server = fake.clone();
+    let stop = CancellationToken::new();
+    // The server outlives the worker's shutdown so the release can reach it; it ends with the
+    // test's runtime.
+    let server_stop = CancellationToken::new();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(WorkersServer::new(server))
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener),
+                server_stop.cancelled_owned(),
+            )
+            .await
+    });
+    let args = WorkerArgs {
+        name: Some("t".into()),
+        device: "cpu".into(),
+        trainer: TrainerKind::Synthetic,
+        synthetic_step_ms: step_ms,
+        max_backoff_ms: 100,
+    };
+    let worker = tokio::spawn(lorasweep_worker::run(
+        Config::new(&url, args)?,
+        stop.clone(),
+    ));
+    Ok((stop, worker))
+}
+
+/// Polls until `done` holds for the script, or fails after 20 s.
+async fn await_script(
+    fake: &Fake,
+    what: &str,
+    done: impl Fn(&Script) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fake.with(|s| done(s)) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {:?}",
+            fake.0
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn points_are_resent_after_transient_failures() -> anyhow::Result<()> {
+    let fake = Fake::default();
+    fake.with(|s| {
+        s.leases.push_back(lease("j1", 30));
+        s.fail_reports = 3;
+    });
+    let (stop, worker) = start(&fake, 5).await?;
+    await_script(&fake, "completion", |s| !s.completed.is_empty()).await?;
+    stop.cancel();
+    worker.await??;
+    fake.with(|s| {
+        assert!(
+            s.report_calls >= 4,
+            "three failed flushes and at least one good one"
+        );
+        let train: BTreeSet<u64> = s
+            .points
+            .iter()
+            .filter(|p| p.series == pb::Series::Train as i32)
+            .map(|p| p.step)
+            .collect();
+        assert_eq!(
+            train,
+            (1..=30).collect(),
+            "every step arrived despite the failures"
+        );
+        let done = &s.completed[0];
+        assert_eq!((done.job_id.as_str(), done.attempt), ("j1", 1));
+        assert_eq!(done.state, pb::JobState::Succeeded as i32);
+        assert!(done.final_eval_loss.is_some());
+        let last = s.heartbeats.last().expect("heartbeats were sent");
+        assert_eq!(
+            (last.step, last.total_steps),
+            (30, 30),
+            "the last heartbeat is final"
+        );
+    });
+    Ok(())
+}
+
+#[tokio::test]
+async fn heartbeat_cancel_stops_the_job_and_the_worker_moves_on() -> anyhow::Result<()> {
+    let fake = Fake::default();
+    fake.with(|s| {
+        s.leases.push_back(lease("long", 100_000));
+        s.cancel_when_running = true;
+    });
+    let (stop, worker) = start(&fake, 5).await?;
+    await_script(&fake, "the cancelling heartbeat", |s| {
+        s.heartbeats.iter().any(|h| h.step > 0)
+    })
+    .await?;
+    // The next lease is taken only once the cancelled job is dropped.
+    fake.with(|s| {
+        s.cancel_when_running = false;
+        s.leases.push_back(lease("next", 3));
+    });
+    await_script(&fake, "the next job", |s| {
+        s.completed.iter().any(|c| c.job_id == "next")
+    })
+    .await?;
+    stop.cancel();
+    worker.await??;
+    fake.with(|s| {
+        assert!(
+            s.completed.iter().all(|c| c.job_id != "long"),
+            "a cancelled job is not completed"
+        );
+        assert!(s.failed.is_empty(), "nor failed: {:?}", s.failed);
+    });
+    Ok(())
+}
+
+#[tokio::test]
+async fn stale_lease_on_report_drops_the_job() -> anyhow::Result<()> {
+    let fake = Fake::default();
+    fake.with(|s| {
+        s.leases.push_back(lease("stale", 100_000));
+        s.stale_reports = true;
+    });
+    let (stop, worker) = start(&fake, 2).await?;
+    await_script(&fake, "a rejected report", |s| s.report_calls > 0).await?;
+    fake.with(|s| {
+        s.stale_reports = false;
+        s.leases.push_back(lease("next", 3));
+    });
+    await_script(&fake, "the next job", |s| {
+        s.completed.iter().any(|c| c.job_id == "next")
+    })
+    .await?;
+    stop.cancel();
+    worker.await??;
+    fake.with(|s| {
+        assert!(s.completed.iter().all(|c| c.job_id != "stale"));
+        assert!(s.failed.is_empty(), "{:?}", s.failed);
+    });
+    Ok(())
+}
+
+#[tokio::test]
+async fn shutdown_releases_the_running_job() -> anyhow::Result<()> {
+    let fake = Fake::default();
+    fake.with(|s| s.leases.push_back(lease("held", 100_000)));
+    let (stop, worker) = start(&fake, 2).await?;
+    await_script(&fake, "points", |s| !s.points.is_empty()).await?;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), worker).await???;
+    fake.with(|s| {
+        let f = s.failed.first().expect("the job was given back");
+        assert_eq!(f.job_id, "held");
+        assert!(f.released && f.retryable, "{f:?}");
+        assert!(s.completed.is_empty());
+    });
+    Ok(())
+}
+
+/// Without the `cuda` feature a CUDA device cannot work: the daemon refuses to start, naming
+/// the device, instead of leasing jobs it would fail.
+#[cfg(not(feature = "cuda"))]
+#[tokio::test]
+async fn unusable_trainer_device_is_a_clear_startup_error() -> anyhow::Result<()> {
+    let args = WorkerArgs {
+        name: None,
+        device: "cuda:0".into(),
+        trainer: TrainerKind::Candle,
+        synthetic_step_ms: 0,
+        max_backoff_ms: 100,
+    };
+    let config = Config::new("http://127.0.0.1:9", args)?;
+    let run = lorasweep_worker::run(config, CancellationToken::new());
+    let err = tokio::time::timeout(Duration::from_secs(10), run)
+        .await?
+        .unwrap_err();
+    assert!(matches!(err, WorkerError::TrainerUnavailable(_)), "{err}");
+    assert!(err.to_string().contains("cuda:0"), "{err}");
+    Ok(())
+}
