@@ -234,24 +234,32 @@ impl Store {
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
-                    let (job, _) = check_lease(conn, now, &job_id, attempt, Some(&worker_id), false).await?;
-                    sqlx::query(
-                        "UPDATE jobs SET state = ?2, final_eval_loss = ?3, tokens = ?4, seconds = ?5, \
-                         lease_expires_at = 0, error = '', updated_at = ?6 WHERE pk = ?1",
+                    // Check and write in one statement on the hot path; when it matches nothing,
+                    // check_lease explains why (and has written nothing either way).
+                    let done: Option<(String, i64)> = sqlx::query_as(
+                        "UPDATE jobs SET state = ?4, final_eval_loss = ?5, tokens = ?6, seconds = ?7, \
+                         lease_expires_at = 0, error = '', updated_at = ?8 \
+                         WHERE id = ?1 AND attempt = ?2 AND worker_id = ?3 AND state = 'running' AND lease_expires_at > ?8 \
+                         RETURNING sweep_id, leased_at",
                     )
-                    .bind(job.pk)
+                    .bind(&job_id)
+                    .bind(i64::from(attempt))
+                    .bind(&worker_id)
                     .bind(state.name())
                     .bind(final_eval_loss)
                     .bind(tokens as i64)
                     .bind(seconds)
                     .bind(now)
-                    .execute(&mut *conn)
+                    .fetch_optional(&mut *conn)
                     .await?;
+                    let Some((sweep_id, leased_at)) = done else {
+                        check_lease(conn, now, &job_id, attempt, Some(&worker_id), false).await?;
+                        return Err(Error::Corrupt(format!("job {job_id} passed the lease check but could not complete")));
+                    };
                     let detail = format!(
-                        "attempt {attempt} (worker {worker_id}, leased at {}): {state}, final eval loss {final_eval_loss:?}",
-                        job.leased_at
+                        "attempt {attempt} (worker {worker_id}, leased at {leased_at}): {state}, final eval loss {final_eval_loss:?}"
                     );
-                    event(conn, now, &job.sweep_id, Some(&job_id), "completed", &detail).await?;
+                    event(conn, now, &sweep_id, Some(&job_id), "completed", &detail).await?;
                     info!(job_id, attempt, %state, "job finished");
                     Ok(())
                 })

@@ -46,13 +46,23 @@ pub(crate) async fn spawn_coordinator() -> anyhow::Result<TestCoordinator> {
 
 /// Starts a coordinator on `dir` with `clock`.
 pub(crate) async fn spawn_with(dir: TempDir, clock: ManualClock, max_attempts: u32) -> anyhow::Result<TestCoordinator> {
+    spawn_reaping_every(dir, clock, max_attempts, Duration::from_millis(20)).await
+}
+
+/// Starts a coordinator whose reaper looks for expired leases every `reap_interval`.
+pub(crate) async fn spawn_reaping_every(
+    dir: TempDir,
+    clock: ManualClock,
+    max_attempts: u32,
+    reap_interval: Duration,
+) -> anyhow::Result<TestCoordinator> {
     init_tracing();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let mut config = Config::new(dir.path());
     config.lease_ttl = TTL;
     config.max_attempts = max_attempts;
-    config.reap_interval = Duration::from_millis(20);
+    config.reap_interval = reap_interval;
     config.watch_interval = Duration::from_millis(10);
     config.clock = std::sync::Arc::new(clock.clone());
     let shutdown = CancellationToken::new();

@@ -160,3 +160,25 @@ async fn fail_job_requeues_releases_and_fails() -> anyhow::Result<()> {
     c.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_expired_lease_is_refused_even_before_the_reaper_runs() -> anyhow::Result<()> {
+    let clock = lorasweep_coordinator::ManualClock::new(1_000_000);
+    let mut c = spawn_reaping_every(TempDir::new()?, clock, 3, Duration::from_secs(3600)).await?;
+    let sweep_id = c.submit(&grid(1, 1)).await?;
+    let worker = c.register("slow").await?;
+    let lease = c.lease(&worker).await?;
+    c.clock.advance(TTL);
+    let before = c.counts().await?;
+    let beat = c.heartbeat(&worker, &lease.job_id, lease.attempt).await.expect_err("expired heartbeat");
+    let points = c.report(&lease.job_id, lease.attempt, &train_points(2), 2).await.expect_err("expired points");
+    let done = c.complete(&worker, &lease, 1.0).await.expect_err("expired complete");
+    for status in [&beat, &points, &done] {
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().contains("expired"), "{}", status.message());
+    }
+    assert_eq!(c.counts().await?, before, "nothing stored");
+    assert_eq!(state(&c.jobs(&sweep_id).await?[0]), pb::JobState::Running, "requeueing is the reaper's job");
+    c.stop().await?;
+    Ok(())
+}
