@@ -69,6 +69,18 @@ pub(crate) async fn jobs(url: &str, args: JobsArgs) -> anyhow::Result<()> {
         .map(String::from)
         .to_vec(),
     ];
+    // The table shows worker names; ids are unique but unreadable.
+    let names: std::collections::HashMap<String, String> = client
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .map(|r| {
+            r.into_inner()
+                .workers
+                .into_iter()
+                .map(|w| (w.id, w.name))
+                .collect()
+        })
+        .unwrap_or_default();
     for j in &jobs {
         rows.push(vec![
             j.id.clone(),
@@ -84,7 +96,10 @@ pub(crate) async fn jobs(url: &str, args: JobsArgs) -> anyhow::Result<()> {
             },
             output::loss(j.last_train_loss),
             output::loss(j.final_eval_loss),
-            j.worker.clone(),
+            names
+                .get(&j.worker)
+                .cloned()
+                .unwrap_or_else(|| j.worker.clone()),
         ]);
     }
     print!("{}", output::table(&rows));

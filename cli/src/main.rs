@@ -93,6 +93,8 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
+        // Daemon logs often go to files; colour codes only help on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let url = cli.coordinator.as_str();
     let rt = || tokio::runtime::Runtime::new().map_err(anyhow::Error::from);

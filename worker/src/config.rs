@@ -31,7 +31,7 @@ pub struct WorkerArgs {
     /// A human-readable name shown by `lorasweep workers` (default: `$HOSTNAME/<device>`).
     #[arg(long, env = "LORASWEEP_WORKER_NAME")]
     pub name: Option<String>,
-    /// The device to train on: `cpu` or `cuda:N`.
+    /// The device to train on: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
     #[arg(long, env = "LORASWEEP_DEVICE", default_value = "cpu")]
     pub device: String,
     /// The training backend.
@@ -96,12 +96,13 @@ impl Config {
         }
         let device = args.device.trim().to_string();
         let device_ok = device == "cpu"
+            || device == "cuda"
             || device
                 .strip_prefix("cuda:")
                 .is_some_and(|n| n.parse::<u32>().is_ok());
         if !device_ok {
             return Err(WorkerError::Config(format!(
-                "--device {device:?}: expected `cpu` or `cuda:N`"
+                "--device {device:?}: expected `cpu`, `cuda` or `cuda:N`"
             )));
         }
         if args.max_backoff_ms == 0 {

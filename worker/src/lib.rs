@@ -9,7 +9,7 @@
 //! - [`synthetic`]: a deterministic trainer with study-shaped curves, for tests and demos.
 //! - [`trainer`]: the [`trainer::Trainer`] trait between the async daemon and synchronous training.
 //! - [`train`]: the candle Qwen2 + LoRA trainer.
-//! - [`error`]: [`WorkerError`].
+//! - [`error`]: what can stop the daemon, [`WorkerError`].
 
 pub mod config;
 pub mod daemon;

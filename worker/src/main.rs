@@ -1,5 +1,7 @@
 //! `lorasweep-worker`: parse flags, set up tracing, run the daemon until ctrl-c or SIGTERM.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::Parser;
 use lorasweep_worker::{Config, WorkerCli};
@@ -12,6 +14,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = Config::new(&cli.coordinator, cli.args)?;
     let shutdown = CancellationToken::new();

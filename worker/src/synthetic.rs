@@ -195,7 +195,7 @@ impl Curve {
     fn new(job: &JobSpec, steps: u64) -> Self {
         let (target, diverged) = synthetic_final_loss(job.init, job.lr, job.seed);
         // Higher rates blow up earlier; never at the very start so the curve first looks sane.
-        let blow_up_at = diverged.then(|| if job.lr >= 7e-3 { 0.15 } else { 0.35 });
+        let blow_up_at = diverged.then_some(if job.lr >= 7e-3 { 0.15 } else { 0.35 });
         let key = hash(&[job.init as u64, job.lr.to_bits(), job.seed, steps]);
         Self {
             target,
@@ -271,8 +271,10 @@ mod tests {
     }
 
     fn job(init: LoraInit, lr: f64, seed: u64, max_steps: Option<u64>) -> JobSpec {
-        let mut train = lorasweep_common::job::TrainSpec::default();
-        train.max_steps = max_steps;
+        let train = lorasweep_common::job::TrainSpec {
+            max_steps,
+            ..Default::default()
+        };
         JobSpec {
             model: Default::default(),
             data: Default::default(),

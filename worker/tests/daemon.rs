@@ -134,8 +134,10 @@ impl Workers for Fake {
 
 /// A lease of a synthetic job with `steps` optimizer steps.
 fn lease(job_id: &str, steps: u64) -> pb::Lease {
-    let mut train = lorasweep_common::job::TrainSpec::default();
-    train.max_steps = Some(steps);
+    let train = lorasweep_common::job::TrainSpec {
+        max_steps: Some(steps),
+        ..Default::default()
+    };
     let spec = JobSpec {
         model: Default::default(),
         data: Default::default(),
