@@ -5,8 +5,9 @@
 //! against `worker/tests/reference/make_goldens.py` (`worker/tests/data_pipeline.rs`). Sources:
 //! - a directory in the hub layout (`data/train-*.parquet`, `data/test-*.parquet`),
 //! - a directory with `train.jsonl` / `test.jsonl`,
-//! - a hub id (`HuggingFaceH4/no_robots`) resolved through the local Hugging Face cache. Nothing
-//!   is ever downloaded.
+//! - a hub id (`HuggingFaceH4/no_robots`) resolved through the local Hugging Face hub cache, as
+//!   filled by `hf download --repo-type dataset HuggingFaceH4/no_robots` (the arrow cache of
+//!   `datasets.load_dataset` is not read). Nothing is ever downloaded.
 
 use std::path::Path;
 
