@@ -93,3 +93,73 @@ pub(crate) fn run_data(args: MakeTinyDataArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct ModelCli {
+        #[command(flatten)]
+        args: MakeTinyModelArgs,
+    }
+
+    #[derive(Debug, Parser)]
+    struct DataCli {
+        #[command(flatten)]
+        args: MakeTinyDataArgs,
+    }
+
+    #[test]
+    fn flags_reach_the_generators() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let model = dir.path().join("model");
+        let cli = ModelCli::try_parse_from([
+            "make-tiny-model".as_ref(),
+            model.as_os_str(),
+            "--vocab=300".as_ref(),
+            "--hidden=32".as_ref(),
+            "--layers=1".as_ref(),
+            "--heads=2".as_ref(),
+            "--kv-heads=1".as_ref(),
+            "--intermediate=48".as_ref(),
+            "--max-positions=256".as_ref(),
+        ])?;
+        run_model(cli.args)?;
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(model.join("config.json"))?)?;
+        assert_eq!(config["vocab_size"], 300);
+        assert_eq!(config["hidden_size"], 32);
+        assert_eq!(config["num_hidden_layers"], 1);
+        assert_eq!(config["num_attention_heads"], 2);
+        assert_eq!(config["num_key_value_heads"], 1);
+        assert_eq!(config["intermediate_size"], 48);
+        assert_eq!(config["max_position_embeddings"], 256);
+        assert!(model.join("model.safetensors").is_file());
+
+        let data = dir.path().join("data");
+        let cli = DataCli::try_parse_from([
+            "make-tiny-data".as_ref(),
+            data.as_os_str(),
+            "--train=12".as_ref(),
+            "--test=3".as_ref(),
+            "--seed=9".as_ref(),
+        ])?;
+        run_data(cli.args)?;
+        let lines = |f: &str| -> anyhow::Result<usize> {
+            Ok(std::fs::read_to_string(data.join(f))?.lines().count())
+        };
+        assert_eq!((lines("train.jsonl")?, lines("test.jsonl")?), (12, 3));
+
+        let bad = ModelCli::try_parse_from([
+            "make-tiny-model".as_ref(),
+            model.as_os_str(),
+            "--kv-heads=3".as_ref(),
+        ])?;
+        let err = run_model(bad.args).expect_err("3 kv heads do not divide 4 heads");
+        assert!(format!("{err:#}").contains("kv_heads 3"), "{err:#}");
+        Ok(())
+    }
+}
