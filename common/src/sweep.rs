@@ -25,6 +25,12 @@ pub const STUDY_SEEDS: [u64; 4] = [42, 43, 44, 45];
 /// coordinator's single writer for seconds.
 pub const MAX_JOBS: usize = 10_000;
 
+/// Longest sweep name: it is a label in tables, not a document.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Longest `model.path`/`data.path`: Linux's PATH_MAX, beyond any real directory or hub id.
+pub const MAX_PATH_LEN: usize = 4096;
+
 /// The projections of a Qwen2 decoder layer an adapter may target.
 pub const ALLOWED_TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
@@ -133,6 +139,13 @@ impl SweepSpec {
 
     fn validate(&self, fail: &impl Fn(&str, String) -> Error) -> Result<(), Error> {
         let (m, d, l, t, g) = (&self.model, &self.data, &self.lora, &self.train, &self.grid);
+        for (key, value, max) in
+            [("name", &self.name, MAX_NAME_LEN), ("model.path", &m.path, MAX_PATH_LEN), ("data.path", &d.path, MAX_PATH_LEN)]
+        {
+            if value.len() > max {
+                return Err(fail(key, format!("is {} bytes long; allowed: at most {max} bytes", value.len())));
+            }
+        }
         if m.path.trim().is_empty() {
             return Err(fail("model.path", "is empty; give a model directory or hub id".into()));
         }
@@ -187,6 +200,14 @@ impl SweepSpec {
             return Err(fail(
                 "train.warmup_ratio",
                 format!("{} is out of range; allowed: 0 ≤ ratio ≤ 1", t.warmup_ratio),
+            ));
+        }
+        if t.checkpoint_every != 0 {
+            // Refused rather than ignored: a user who asks for checkpoints must not believe a
+            // sweep is resumable when it is not.
+            return Err(fail(
+                "train.checkpoint_every",
+                "checkpoints are not implemented yet (the resume issue); allowed: 0".into(),
             ));
         }
         positive(fail, "train.max_grad_norm", t.max_grad_norm)?;

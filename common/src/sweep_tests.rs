@@ -246,3 +246,8 @@ fn negative_weight_decay() {
 fn max_steps_wrong_type() {
     refused("[train]\nmax_steps = 1.5", &["train.max_steps"]);
 }
+
+#[test]
+fn checkpoint_every_is_refused_until_checkpoints_exist() {
+    refused("[train]\ncheckpoint_every = 10\n", &["train.checkpoint_every", "not implemented"]);
+}
