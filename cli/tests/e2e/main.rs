@@ -7,3 +7,4 @@ mod faults;
 mod grid;
 mod helpers;
 mod output;
+mod steer;
