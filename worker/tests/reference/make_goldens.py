@@ -39,7 +39,7 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 EOS_TOKEN = "<|im_end|>"
 
 DATA_SEED = 20250
-N_TRAIN, N_TEST = 130, 16
+N_TRAIN, N_TEST = 130, 17
 TOKENIZER_VOCAB = 512
 
 SETTINGS = dict(
@@ -291,6 +291,7 @@ def main():
           f"blocks train={len(train_blocks)} eval={len(eval_blocks)}; micro={n_micro} T={T}")
     assert T >= 20, f"need at least 20 optimizer steps, got {T}"
     assert len(train_blocks) % mb != 0 and n_micro % ga != 0, "want a short last micro-batch and a trailing unstepped one"
+    assert len(eval_blocks) % s["eval_batch"] != 0, "want a short last eval batch (tests the token weighting)"
 
     # base model
     model = build_model(vocab_size)
