@@ -13,6 +13,8 @@ use crate::{
 /// XORed into the seed for the test split's stream (`tiny_data.TEST_SEED_XOR`).
 const TEST_SEED_XOR: u64 = 0xA5A5_A5A5_A5A5_A5A5;
 
+// The word lists and their order must match `tiny_data.py` entry for entry: the fixture rows
+// (and `tests/tiny_generators.rs`) depend on it.
 const CATEGORIES: [&str; 10] = [
     "Generation",
     "Open QA",
