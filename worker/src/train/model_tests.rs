@@ -323,6 +323,28 @@ fn max_steps_zero_evaluates_once_and_leaves_adapters_untouched() -> anyhow::Resu
 }
 
 #[test]
+fn zero_sizes_and_checkpoints_are_refused() -> anyhow::Result<()> {
+    let (model, ads) = setup(&tiny_job(1e-2))?;
+    for edit in [
+        |j: &mut JobSpec| j.train.micro_batch = 0,
+        |j: &mut JobSpec| j.train.checkpoint_every = 5,
+    ] {
+        let mut job = tiny_job(1e-2);
+        edit(&mut job);
+        let err = train_loop(
+            &model,
+            &periodic_data(4, 2, 16),
+            &ads,
+            &job,
+            &mut Recorder::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, TrainError::Invalid(_)), "{err}");
+    }
+    Ok(())
+}
+
+#[test]
 fn cancellation_stops_the_loop() -> anyhow::Result<()> {
     let job = tiny_job(1e-2);
     let (model, ads) = setup(&job)?;

@@ -92,6 +92,13 @@ pub fn train_loop(
             "micro_batch, grad_accum and eval_every must be positive".into(),
         ));
     }
+    if t.checkpoint_every != 0 {
+        // Refused rather than ignored, as the sweep parser does: nobody should believe a run
+        // is resumable when it is not.
+        return Err(TrainError::Invalid(
+            "train.checkpoint_every: checkpoints are not implemented yet; use 0".into(),
+        ));
+    }
     let start = Instant::now();
     if !model.device().is_cpu() {
         // GPU dropout masks come from the device RNG (see `Adapters::dropout_mask`).
