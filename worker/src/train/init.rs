@@ -235,6 +235,10 @@ mod tests {
         let bound = 1.0 / (D_IN as f64).sqrt();
         assert!(max_abs(&s.a) <= bound && max_abs(&s.a) > 0.99 * bound);
         let rel = var(&s.a) / (1.0 / (3.0 * D_IN as f64));
+        eprintln!(
+            "standard: max |A| {:.5} (bound {bound:.5}), Var(A) / (1/(3 d_in)) = {rel:.4}",
+            max_abs(&s.a)
+        );
         assert!((rel - 1.0).abs() < 0.05, "Var(A) ratio {rel}");
         assert!(s.b.iter().all(|&x| x == 0.0));
 
@@ -242,6 +246,10 @@ mod tests {
         let bound = 1.0 / (R as f64).sqrt();
         assert!(max_abs(&rv.b) <= bound && max_abs(&rv.b) > 0.99 * bound);
         let rel = var(&rv.b) / (1.0 / (3.0 * R as f64));
+        eprintln!(
+            "reversed: max |B| {:.5} (bound {bound:.5}), Var(B) / (1/(3 r)) = {rel:.4}",
+            max_abs(&rv.b)
+        );
         assert!((rel - 1.0).abs() < 0.05, "Var(B) ratio {rel}");
         assert!(rv.a.iter().all(|&x| x == 0.0));
         Ok(())
@@ -268,6 +276,13 @@ mod tests {
             assert!((ra - 1.0).abs() < 0.06, "{init}: Var(A) ratio {ra}");
             assert!((rb - 1.0).abs() < 0.06, "{init}: Var(B) ratio {rb}");
             let ba = ba_relative(&v, D_IN, D_OUT, R);
+            eprintln!(
+                "{init}: std A {:.5} (spec {:.5}), std B {:.5} (spec {:.5}), |BA| rel {ba:.1e}",
+                var(&v.a).sqrt(),
+                var_a.sqrt(),
+                var(&v.b).sqrt(),
+                var_b.sqrt()
+            );
             assert!(ba < 1e-6, "{init}: |BA| relative {ba}");
             assert_eq!(rank(&v.a, R, D_IN), R / 2, "{init}: rank A");
             // rank of B = rank of its transpose's rows.
