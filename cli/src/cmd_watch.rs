@@ -27,47 +27,102 @@ pub(crate) struct WatchArgs {
     pub(crate) sweep: String,
 }
 
-/// Follows the sweep until it finishes (or the stream breaks).
+/// Follows the sweep until it finishes. A broken stream (the coordinator restarting, say) is
+/// resumed by reconnecting for up to [`RECONNECT_FOR`]; the first connection must succeed.
 pub(crate) async fn watch(url: &str, args: WatchArgs) -> anyhow::Result<()> {
     let mut client = client::connect(url).await?;
-    let mut stream = client
-        .watch_sweep(pb::WatchSweepRequest {
-            sweep_id: args.sweep.clone(),
-        })
-        .await
-        .map_err(|s| client::call_error(&format!("watching sweep {}", args.sweep), s))?
-        .into_inner();
     let mut view: Box<dyn View> = if std::io::stdout().is_terminal() {
         Box::new(Bars::new())
     } else {
         Box::new(Plain::default())
     };
-    let mut last = None;
-    while let Some(item) = stream.next().await {
-        let snap =
-            item.map_err(|s| client::call_error(&format!("watching sweep {}", args.sweep), s))?;
-        view.update(&snap);
-        last = Some(snap);
+    let mut last: Option<pb::Sweep> = None;
+    let mut outage: Option<Instant> = None;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let broken = match follow(
+            &mut client,
+            &args.sweep,
+            view.as_mut(),
+            &mut last,
+            &mut outage,
+        )
+        .await
+        {
+            Ok(()) if last.as_ref().is_some_and(output::is_finished) => break,
+            Ok(()) => "the stream ended early".to_string(),
+            Err(Follow::Fatal(e)) => {
+                view.finish();
+                return Err(e);
+            }
+            Err(Follow::Broken(why)) => why,
+        };
+        let since = *outage.get_or_insert_with(Instant::now);
+        if since.elapsed() > RECONNECT_FOR {
+            view.finish();
+            anyhow::bail!(
+                "lost the coordinator at {url} while watching sweep {}: {broken}",
+                args.sweep
+            );
+        }
+        eprintln!("watch: {broken}; reconnecting to {url} in {wait:?}");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
+        if let Ok(c) = client::connect(url).await {
+            client = c;
+        }
     }
     view.finish();
-    match last.and_then(|s| s.sweep) {
-        Some(sweep) if output::is_finished(&sweep) => {
-            println!(
-                "sweep {} finished: {}",
-                sweep.id,
-                output::counts_line(&sweep)
-            );
-            Ok(())
+    let sweep = last.expect("the loop only ends on a finished snapshot");
+    println!(
+        "sweep {} finished: {}",
+        sweep.id,
+        output::counts_line(&sweep)
+    );
+    Ok(())
+}
+
+/// How long `watch` keeps reconnecting after the coordinator went away.
+const RECONNECT_FOR: Duration = Duration::from_secs(120);
+
+/// Why following the stream stopped.
+enum Follow {
+    /// Retrying cannot help (unknown sweep, refused request).
+    Fatal(anyhow::Error),
+    /// The connection or stream broke; worth reconnecting.
+    Broken(String),
+}
+
+/// Reads one `WatchSweep` stream to its end, rendering every snapshot.
+async fn follow(
+    client: &mut client::Client,
+    sweep: &str,
+    view: &mut dyn View,
+    last: &mut Option<pb::Sweep>,
+    outage: &mut Option<Instant>,
+) -> Result<(), Follow> {
+    let classify = |s: tonic::Status| match s.code() {
+        tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::PermissionDenied => {
+            Follow::Fatal(client::call_error(&format!("watching sweep {sweep}"), s))
         }
-        Some(sweep) => {
-            anyhow::bail!(
-                "watch of sweep {} ended before it finished: {}",
-                sweep.id,
-                output::counts_line(&sweep)
-            )
+        _ => Follow::Broken(format!("{:?}: {}", s.code(), s.message())),
+    };
+    let mut stream = client
+        .watch_sweep(pb::WatchSweepRequest {
+            sweep_id: sweep.to_string(),
+        })
+        .await
+        .map_err(classify)?
+        .into_inner();
+    while let Some(item) = stream.next().await {
+        let snap = item.map_err(classify)?;
+        *outage = None;
+        view.update(&snap);
+        if let Some(s) = snap.sweep {
+            *last = Some(s);
         }
-        None => anyhow::bail!("watch of sweep {} ended without a snapshot", args.sweep),
     }
+    Ok(())
 }
 
 /// How the watch renders snapshots.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use lorasweep_proto::pb;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
 
 use crate::helpers::{
@@ -183,6 +184,19 @@ async fn coordinator_kill_and_restart_mid_sweep_loses_nothing() -> anyhow::Resul
     let toml = "[train]\nmax_steps = 30\n[grid]\ninits = [\"standard\", \"reversed\"]\nlrs = [1e-3, 5e-3]\nseeds = [42, 43]\n";
     let sweep = helpers::submit(&mut sweeps, toml).await?;
     let workers = [spawn_worker(&url, "a", 15)?, spawn_worker(&url, "b", 15)?];
+    // A watcher that must ride out the outage and end when the sweep does; its first line shows
+    // it is connected before the kill.
+    let mut watcher = Proc::start(
+        &["--coordinator", &url, "watch", &sweep],
+        dir.path().join("watch.log"),
+    )?;
+    let mut watch_out = BufReader::new(watcher.child.stdout.take().expect("piped stdout")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), watch_out.next_line()).await??;
+    assert!(
+        first.is_some_and(|l| l.contains("done")),
+        "{}",
+        watcher.log_text()
+    );
 
     // Kill once some jobs are done and others are mid-run.
     await_condition(
@@ -245,7 +259,22 @@ async fn coordinator_kill_and_restart_mid_sweep_loses_nothing() -> anyhow::Resul
         .filter(|j| j.state == pb::JobState::Diverged as i32)
         .count();
     assert_eq!(diverged, 2, "reversed at 5e-3 diverges, standard does not");
-    let _ = helpers::jobs(&mut sweeps, &sweep).await?;
+    let watched = tokio::time::timeout(Duration::from_secs(30), watcher.child.wait()).await??;
+    assert!(
+        watched.success(),
+        "watch exits 0 after the outage: {}",
+        watcher.log_text()
+    );
+    let mut out = String::new();
+    while let Some(line) = watch_out.next_line().await? {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    assert!(out.contains("finished: diverged=2 succeeded=6"), "{out}");
+    assert!(
+        watcher.log_text().contains("reconnecting"),
+        "the watcher saw the outage"
+    );
     for w in workers {
         w.stop().await?;
     }
