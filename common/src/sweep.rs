@@ -139,9 +139,11 @@ impl SweepSpec {
 
     fn validate(&self, fail: &impl Fn(&str, String) -> Error) -> Result<(), Error> {
         let (m, d, l, t, g) = (&self.model, &self.data, &self.lora, &self.train, &self.grid);
-        for (key, value, max) in
-            [("name", &self.name, MAX_NAME_LEN), ("model.path", &m.path, MAX_PATH_LEN), ("data.path", &d.path, MAX_PATH_LEN)]
-        {
+        for (key, value, max) in [
+            ("name", &self.name, MAX_NAME_LEN),
+            ("model.path", &m.path, MAX_PATH_LEN),
+            ("data.path", &d.path, MAX_PATH_LEN),
+        ] {
             if value.len() > max {
                 return Err(fail(key, format!("is {} bytes long; allowed: at most {max} bytes", value.len())));
             }

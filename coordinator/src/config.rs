@@ -1,9 +1,18 @@
 //! Command-line flags and environment variables of `lorasweep-coordinator` ([`Cli`]), validated
 //! into the [`Config`] the library runs with.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
-use crate::clock::{Clock, SystemClock};
+use crate::{
+    auth::{Secret, Tokens},
+    clock::{Clock, SystemClock},
+    metrics::Metrics,
+};
 
 /// Run the lorasweep coordinator: a gRPC server keeping sweeps, jobs, leases and loss curves in
 /// SQLite.
@@ -27,6 +36,34 @@ pub struct Cli {
     /// may lose the last commits) and is faster on slow disks.
     #[arg(long, env = "LORASWEEP_SYNCHRONOUS", value_enum, default_value_t = Durability::Full)]
     pub synchronous: Durability,
+    /// File holding the admin token (may call everything: submit, cancel, retry, and all a worker
+    /// may). Alternatively set LORASWEEP_ADMIN_TOKEN. With no token at all, the coordinator only
+    /// starts on a loopback address (or with --insecure).
+    #[arg(long, env = "LORASWEEP_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// The admin token itself (prefer the file: a flag shows in `ps`).
+    #[arg(long, env = "LORASWEEP_ADMIN_TOKEN", hide = true, hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File holding the worker token (may register, lease, report and read). Alternatively set
+    /// LORASWEEP_WORKER_TOKEN.
+    #[arg(long, env = "LORASWEEP_WORKER_TOKEN_FILE")]
+    pub worker_token_file: Option<PathBuf>,
+    /// The worker token itself (prefer the file).
+    #[arg(long, env = "LORASWEEP_WORKER_TOKEN", hide = true, hide_env_values = true)]
+    pub worker_token: Option<String>,
+    /// Serve without tokens on a non-loopback address: anyone who reaches the port may submit
+    /// and take work. Only for a network you trust entirely.
+    #[arg(long, env = "LORASWEEP_INSECURE")]
+    pub insecure: bool,
+    /// PEM certificate chain for TLS (with --tls-key); without it gRPC is plaintext.
+    #[arg(long, env = "LORASWEEP_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "LORASWEEP_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Address to serve Prometheus metrics on (`GET /metrics`, plain HTTP, no auth); off if unset.
+    #[arg(long, env = "LORASWEEP_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How hard SQLite works to make a commit durable (`PRAGMA synchronous` in WAL mode).
@@ -57,6 +94,32 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// SQLite durability of a commit.
     pub synchronous: Durability,
+    /// The tokens calls must carry; none configured means auth is off (loopback or `insecure` only).
+    pub tokens: Tokens,
+    /// Allow serving without tokens on a non-loopback address.
+    pub insecure: bool,
+    /// TLS identity; `None` serves plaintext.
+    pub tls: Option<TlsIdentity>,
+    /// Counters shared by the handlers and the metrics endpoint.
+    pub metrics: Arc<Metrics>,
+    /// Most points one ReportPoints stream may carry ([`crate::limits::MAX_POINTS_PER_STREAM`];
+    /// tests lower it to reach the limit cheaply).
+    pub max_points_per_stream: u64,
+}
+
+/// A PEM certificate chain and its private key, as read from `--tls-cert`/`--tls-key`.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// The certificate chain (PEM).
+    pub cert_pem: Vec<u8>,
+    /// The private key (PEM); never printed.
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity").field("cert_pem_bytes", &self.cert_pem.len()).finish_non_exhaustive()
+    }
 }
 
 /// Shortest lease TTL accepted: workers heartbeat at a third of it, and sub-second heartbeats
@@ -74,6 +137,11 @@ impl Config {
             watch_interval: Duration::from_millis(250),
             clock: Arc::new(SystemClock),
             synchronous: Durability::Full,
+            tokens: Tokens::default(),
+            insecure: false,
+            tls: None,
+            metrics: Arc::new(Metrics::default()),
+            max_points_per_stream: crate::limits::MAX_POINTS_PER_STREAM,
         }
     }
 
@@ -101,8 +169,66 @@ impl TryFrom<Cli> for Config {
         config.max_attempts = cli.max_attempts;
         config.synchronous = cli.synchronous;
         config.reap_interval = (cli.lease_ttl / 4).min(Duration::from_secs(1));
+        config.tokens = Tokens {
+            admin: token(
+                cli.admin_token_file.as_deref(),
+                cli.admin_token,
+                "--admin-token-file",
+                "LORASWEEP_ADMIN_TOKEN",
+            )?,
+            worker: token(
+                cli.worker_token_file.as_deref(),
+                cli.worker_token,
+                "--worker-token-file",
+                "LORASWEEP_WORKER_TOKEN",
+            )?,
+        };
+        match (&config.tokens.admin, &config.tokens.worker) {
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "a worker token without an admin token leaves SubmitSweep/CancelSweep/RetrySweep unusable; \
+                     give --admin-token-file (or LORASWEEP_ADMIN_TOKEN) too"
+                        .into(),
+                ));
+            }
+            (Some(a), Some(w)) if a == w => {
+                return Err(invalid(
+                    "the admin and worker tokens are identical, which makes every worker an admin; use two tokens"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        config.insecure = cli.insecure;
+        if let (Some(cert), Some(key)) = (cli.tls_cert, cli.tls_key) {
+            config.tls = Some(TlsIdentity { cert_pem: read(&cert, "--tls-cert")?, key_pem: read(&key, "--tls-key")? });
+        }
         Ok(config)
     }
+}
+
+fn invalid(message: String) -> crate::Error {
+    crate::Error::InvalidArgument(message)
+}
+
+fn read(path: &Path, flag: &str) -> Result<Vec<u8>, crate::Error> {
+    std::fs::read(path).map_err(|e| invalid(format!("{flag} {}: {e}", path.display())))
+}
+
+/// The token from `file` or from the variable's value, validated; both given is ambiguous.
+fn token(file: Option<&Path>, value: Option<String>, flag: &str, var: &str) -> Result<Option<Secret>, crate::Error> {
+    let (text, origin) = match (file, value) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(format!("both {flag} and {var} are set; give the token once")));
+        }
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(path).map_err(|e| invalid(format!("{flag} {}: {e}", path.display())))?;
+            (text, format!("{flag} {}", path.display()))
+        }
+        (None, Some(value)) => (value, var.to_string()),
+        (None, None) => return Ok(None),
+    };
+    Secret::new(&text, &origin).map(Some).map_err(invalid)
 }
 
 #[cfg(test)]
@@ -127,6 +253,25 @@ mod tests {
         let defaults = config(&[]).expect("defaults are valid");
         assert_eq!((defaults.lease_ttl, defaults.max_attempts), (Duration::from_secs(30), 3));
         assert_eq!(defaults.synchronous, Durability::Full);
+        assert!(defaults.tokens.is_open() && !defaults.insecure && defaults.tls.is_none());
+    }
+
+    #[test]
+    fn tokens_come_from_files_or_values() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("admin");
+        std::fs::write(&file, "admin-0123456789abcdef\n")?;
+        let c = config(&[
+            "--admin-token-file",
+            file.to_str().expect("utf-8 temp path"),
+            "--worker-token",
+            "worker-0123456789abcdef",
+        ])
+        .map_err(anyhow::Error::msg)?;
+        assert!(c.tokens.admin.is_some() && c.tokens.worker.is_some());
+        let both = config(&["--admin-token-file", file.to_str().unwrap_or(""), "--admin-token", "x"]);
+        assert!(both.expect_err("file and value both given").contains("once"));
+        Ok(())
     }
 
     #[test]
@@ -136,6 +281,12 @@ mod tests {
             (&["--max-attempts", "0"][..], "--max-attempts"),
             (&["--lease-ttl", "soon"][..], "soon"),
             (&["--synchronous", "off"][..], "off"),
+            (&["--admin-token", "short"][..], "LORASWEEP_ADMIN_TOKEN"),
+            (&["--admin-token-file", "/nonexistent/admin"][..], "--admin-token-file"),
+            (&["--worker-token", "worker-0123456789abcdef"][..], "admin token"),
+            (&["--admin-token", "same-0123456789abcdef", "--worker-token", "same-0123456789abcdef"][..], "identical"),
+            (&["--tls-cert", "/tmp/cert.pem"][..], "--tls-key"),
+            (&["--tls-cert", "/nonexistent/c", "--tls-key", "/nonexistent/k"][..], "--tls-cert"),
         ] {
             let err = config(args).expect_err("bad flag accepted");
             assert!(err.contains(needle), "{args:?}: {err}");

@@ -42,6 +42,10 @@ pub enum Error {
     /// The store's writer task is gone (the coordinator is shutting down).
     #[error("the coordinator is shutting down")]
     ShuttingDown,
+    /// The configuration would expose the coordinator unsafely (no tokens on a non-loopback
+    /// address without `--insecure`), or its TLS identity is unusable.
+    #[error("refusing to start: {0}")]
+    Unsafe(String),
     /// Stored data could not be decoded (edited by hand, or from a newer version).
     #[error("corrupt stored data: {0}")]
     Corrupt(String),

@@ -1,16 +1,16 @@
 //! The reaper: a background task that requeues jobs whose lease expired (the worker died or lost
 //! its network), or fails them once they have used up their attempts.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::store::Store;
+use crate::{metrics::Metrics, store::Store};
 
 /// Runs until `shutdown` is cancelled, reaping every `interval`. The interval runs on tokio time,
 /// while expiry is judged by the store's [`crate::Clock`], so tests move the clock and just wait.
-pub(crate) async fn run(store: Store, interval: Duration, shutdown: CancellationToken) {
+pub(crate) async fn run(store: Store, interval: Duration, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -20,7 +20,10 @@ pub(crate) async fn run(store: Store, interval: Duration, shutdown: Cancellation
         }
         match store.reap().await {
             Ok(0) => {}
-            Ok(n) => info!(expired = n, "requeued or failed jobs with expired leases"),
+            Ok(n) => {
+                metrics.leases_expired(n);
+                info!(expired = n, "requeued or failed jobs with expired leases");
+            }
             // A failed reap leaves the leases as they were; the next tick tries again.
             Err(e) => error!(cause = %e, "reaping expired leases failed"),
         }

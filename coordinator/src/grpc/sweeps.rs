@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use tracing::debug;
 
 use super::{job_to_pb, require_id, sweep_to_pb};
-use crate::{error::Result, store::Store};
+use crate::{error::Result, limits::MAX_SOURCE_LEN, store::Store};
 
 /// Sweep files larger than this are not hand-written; refusing them bounds parse time and memory.
 const MAX_SWEEP_TOML: usize = 1 << 20;
@@ -50,6 +50,12 @@ impl Sweeps for SweepsService {
         request: Request<pb::SubmitSweepRequest>,
     ) -> Result<Response<pb::SubmitSweepResponse>, Status> {
         let req = request.into_inner();
+        if req.source.len() > MAX_SOURCE_LEN {
+            return Err(Status::invalid_argument(format!(
+                "source is {} bytes; allowed: at most {MAX_SOURCE_LEN} (MAX_SOURCE_LEN)",
+                req.source.len()
+            )));
+        }
         let source = if req.source.is_empty() { "<request>".to_string() } else { req.source };
         if req.sweep_toml.len() > MAX_SWEEP_TOML {
             return Err(Status::invalid_argument(format!(
@@ -135,6 +141,7 @@ impl Sweeps for SweepsService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    #[tracing::instrument(skip_all, fields(sweep_id = %request.get_ref().sweep_id), err)]
     async fn cancel_sweep(
         &self,
         request: Request<pb::CancelSweepRequest>,
@@ -144,6 +151,7 @@ impl Sweeps for SweepsService {
         Ok(Response::new(pb::CancelSweepResponse { cancelled }))
     }
 
+    #[tracing::instrument(skip_all, fields(sweep_id = %request.get_ref().sweep_id), err)]
     async fn retry_sweep(
         &self,
         request: Request<pb::RetrySweepRequest>,

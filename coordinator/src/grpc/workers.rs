@@ -1,7 +1,7 @@
 //! The `Workers` service: what worker daemons call. Every job-scoped call carries the lease's
 //! `(job_id, attempt)` and is checked against the stored lease by the store, in the writer.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use lorasweep_common::{JobState, LossPoint};
 use lorasweep_proto::pb::{self, workers_server::Workers};
@@ -11,6 +11,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{require_attempt, require_id};
 use crate::{
     error::{Error, Result},
+    limits::MAX_ERROR_LEN,
+    metrics::Metrics,
     store::{Store, jobs::Outcome},
 };
 
@@ -30,6 +32,9 @@ pub(crate) struct WorkersService {
     pub(crate) store: Store,
     pub(crate) lease_ttl: Duration,
     pub(crate) heartbeat_interval: Duration,
+    pub(crate) metrics: Arc<Metrics>,
+    /// See [`crate::Config::max_points_per_stream`].
+    pub(crate) max_points_per_stream: u64,
 }
 
 fn label(value: String, field: &str, required: bool) -> Result<String> {
@@ -83,11 +88,15 @@ impl Workers for WorkersService {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(worker_id = %request.get_ref().worker_id, job_id), err)]
     async fn lease_job(&self, request: Request<pb::LeaseJobRequest>) -> Result<Response<pb::LeaseJobResponse>, Status> {
+        let started = std::time::Instant::now();
         let worker_id = require_id(&request.get_ref().worker_id, "worker_id")?;
         let lease = self.store.lease(worker_id.clone()).await?;
+        self.metrics.lease_call(lease.is_some(), started.elapsed());
         if let Some(l) = &lease {
-            tracing::info!(job_id = l.id, attempt = l.attempt, worker_id, "job leased");
+            tracing::Span::current().record("job_id", l.id.as_str());
+            tracing::info!(attempt = l.attempt, "job leased");
         }
         Ok(Response::new(pb::LeaseJobResponse {
             lease: lease.map(|l| pb::Lease {
@@ -100,6 +109,7 @@ impl Workers for WorkersService {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(worker_id = %request.get_ref().worker_id, job_id = %request.get_ref().job_id, attempt = request.get_ref().attempt), err)]
     async fn heartbeat(
         &self,
         request: Request<pb::HeartbeatRequest>,
@@ -115,6 +125,7 @@ impl Workers for WorkersService {
         Ok(Response::new(pb::HeartbeatResponse { expires_at_ms: beat.expires_at, cancel: beat.cancel }))
     }
 
+    #[tracing::instrument(skip_all, fields(job_id, attempt), err)]
     async fn report_points(
         &self,
         request: Request<Streaming<pb::ReportPointsRequest>>,
@@ -128,6 +139,7 @@ impl Workers for WorkersService {
                 None => {
                     let job_id = require_id(&msg.job_id, "job_id")?;
                     let attempt = require_attempt(msg.attempt)?;
+                    tracing::Span::current().record("job_id", job_id.as_str()).record("attempt", attempt);
                     lease = Some((job_id.clone(), attempt));
                     (job_id, attempt)
                 }
@@ -142,6 +154,21 @@ impl Workers for WorkersService {
                     )));
                 }
             };
+            // Checked before this message is written: a stream over the limit stores nothing of
+            // the message that crosses it (earlier messages were valid and are already durable).
+            let limit = self.max_points_per_stream;
+            if committed + msg.points.len() as u64 > limit {
+                // Let the earlier, valid messages finish, so what is stored is exactly them
+                // (dropping the set would abort writes that may or may not have reached the writer).
+                while !in_flight.is_empty() {
+                    join_one(&mut in_flight).await?;
+                }
+                return Err(Status::resource_exhausted(format!(
+                    "this ReportPoints stream would carry {} points; allowed: at most {limit} points per stream \
+                     (MAX_POINTS_PER_STREAM); open a new stream",
+                    committed + msg.points.len() as u64
+                )));
+            }
             let mut points = points_of(msg)?;
             committed += points.len() as u64;
             // A huge message is split so one write never holds the writer (and everyone's
@@ -163,9 +190,11 @@ impl Workers for WorkersService {
         while !in_flight.is_empty() {
             join_one(&mut in_flight).await?;
         }
+        self.metrics.points_ingested(committed);
         Ok(Response::new(pb::ReportPointsResponse { committed }))
     }
 
+    #[tracing::instrument(skip_all, fields(worker_id = %request.get_ref().worker_id, job_id = %request.get_ref().job_id, attempt = request.get_ref().attempt), err)]
     async fn complete_job(
         &self,
         request: Request<pb::CompleteJobRequest>,
@@ -197,11 +226,19 @@ impl Workers for WorkersService {
         Ok(Response::new(pb::CompleteJobResponse {}))
     }
 
+    #[tracing::instrument(skip_all, fields(worker_id = %request.get_ref().worker_id, job_id = %request.get_ref().job_id, attempt = request.get_ref().attempt), err)]
     async fn fail_job(&self, request: Request<pb::FailJobRequest>) -> Result<Response<pb::FailJobResponse>, Status> {
         let req = request.into_inner();
         let worker_id = require_id(&req.worker_id, "worker_id")?;
         let job_id = require_id(&req.job_id, "job_id")?;
         let attempt = require_attempt(req.attempt)?;
+        if req.error.len() > MAX_ERROR_LEN {
+            return Err(Status::invalid_argument(format!(
+                "error is {} bytes; allowed: at most {MAX_ERROR_LEN} (MAX_ERROR_LEN); send the message's end, \
+                 which holds the cause",
+                req.error.len()
+            )));
+        }
         let error = if req.error.trim().is_empty() && !req.released {
             "(the worker gave no reason)".to_string()
         } else {

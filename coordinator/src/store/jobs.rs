@@ -153,6 +153,13 @@ impl Store {
         Ok(rows)
     }
 
+    /// How many jobs of all sweeps are in each state (states without jobs are absent).
+    pub(crate) async fn job_state_counts(&self) -> Result<Vec<(JobState, i64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state").fetch_all(&self.reads).await?;
+        rows.into_iter().map(|(state, n)| Ok((super::state_of(&state)?, n))).collect()
+    }
+
     /// Leases the oldest queued job to `worker_id`, or returns `None` when nothing is queued.
     ///
     /// # Errors

@@ -4,7 +4,7 @@
 use std::{future::Future, path::PathBuf, sync::Once, time::Duration};
 
 use anyhow::Context;
-use lorasweep_coordinator::{Config, DB_FILE, ManualClock, serve};
+use lorasweep_coordinator::{Config, DB_FILE, ManualClock};
 use lorasweep_proto::pb::{self, sweeps_client::SweepsClient, workers_client::WorkersClient};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -56,6 +56,19 @@ pub(crate) async fn spawn_reaping_every(
     max_attempts: u32,
     reap_interval: Duration,
 ) -> anyhow::Result<TestCoordinator> {
+    spawn_configured(dir, clock, max_attempts, reap_interval, |_| {}, None).await
+}
+
+/// Starts a coordinator with the test defaults changed by `configure` (tokens, say), serving
+/// metrics on `metrics` if given.
+pub(crate) async fn spawn_configured(
+    dir: TempDir,
+    clock: ManualClock,
+    max_attempts: u32,
+    reap_interval: Duration,
+    configure: impl FnOnce(&mut Config),
+    metrics: Option<tokio::net::TcpListener>,
+) -> anyhow::Result<TestCoordinator> {
     init_tracing();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -65,8 +78,9 @@ pub(crate) async fn spawn_reaping_every(
     config.reap_interval = reap_interval;
     config.watch_interval = Duration::from_millis(10);
     config.clock = std::sync::Arc::new(clock.clone());
+    configure(&mut config);
     let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(serve(listener, config, shutdown.clone()));
+    let handle = tokio::spawn(lorasweep_coordinator::serve_with_metrics(listener, metrics, config, shutdown.clone()));
     // The listener is bound already, so connecting cannot race the server's start.
     let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await.context("connecting")?;
     Ok(TestCoordinator {
@@ -129,6 +143,20 @@ impl TestCoordinator {
         out.push((digest, 0));
         conn.close().await?;
         Ok(out)
+    }
+
+    /// Asserts the database file passes SQLite's `integrity_check` and `foreign_key_check`.
+    pub(crate) async fn assert_integrity(&self) -> anyhow::Result<()> {
+        use sqlx::Connection;
+        let mut conn =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", self.db_path().display())).await?;
+        let integrity: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check").fetch_all(&mut conn).await?;
+        anyhow::ensure!(integrity == ["ok"], "integrity_check: {integrity:?}");
+        let dangling: Vec<(String, i64)> =
+            sqlx::query_as("SELECT \"table\", rowid FROM pragma_foreign_key_check").fetch_all(&mut conn).await?;
+        anyhow::ensure!(dangling.is_empty(), "foreign_key_check: {dangling:?}");
+        conn.close().await?;
+        Ok(())
     }
 
     /// The event log of one job, oldest first, as (kind, detail).

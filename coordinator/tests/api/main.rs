@@ -1,7 +1,12 @@
 //! Integration tests of the coordinator over real gRPC: one binary, one module per concern.
 
+mod fuzz;
 mod helpers;
 mod leases;
 mod lifecycle;
+mod limits;
 mod malformed;
+mod metrics;
 mod restart;
+mod security;
+mod tls;
