@@ -280,3 +280,50 @@ async fn coordinator_kill_and_restart_mid_sweep_loses_nothing() -> anyhow::Resul
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_registers_again_with_a_coordinator_that_lost_its_database() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let first = spawn_coordinator(&dir.path().join("one"), Duration::from_secs(5)).await?;
+    let url = first.url.clone();
+    let worker = spawn_worker(&url, "survivor", 1)?;
+    let (sweeps, _) = clients(&url).await?;
+    await_condition("the worker to register", Duration::from_secs(10), || {
+        let mut s = sweeps.clone();
+        async move {
+            let w = s
+                .list_workers(pb::ListWorkersRequest {})
+                .await?
+                .into_inner()
+                .workers;
+            Ok((!w.is_empty()).then_some(()))
+        }
+    })
+    .await?;
+    first.stop().await?;
+    drop(sweeps);
+
+    // Same address, empty data dir: the worker's id means nothing there any more.
+    let second = helpers::spawn_coordinator_on(
+        url.trim_start_matches("http://"),
+        &dir.path().join("two"),
+        Duration::from_secs(5),
+    )
+    .await?;
+    let (mut sweeps, _) = clients(&url).await?;
+    let sweep = helpers::submit(&mut sweeps, &one_job(3)).await?;
+    let jobs = await_sweep_done(&sweeps, &sweep, Duration::from_secs(20)).await?;
+    assert_eq!(jobs[0].state, pb::JobState::Succeeded as i32);
+    let workers = sweeps
+        .list_workers(pb::ListWorkersRequest {})
+        .await?
+        .into_inner()
+        .workers;
+    assert_eq!(workers.len(), 1);
+    assert_eq!(
+        (workers[0].name.as_str(), workers[0].id.as_str()),
+        ("survivor", jobs[0].worker.as_str())
+    );
+    worker.stop().await?;
+    second.stop().await
+}

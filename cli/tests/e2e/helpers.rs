@@ -71,8 +71,17 @@ pub(crate) async fn spawn_coordinator(
     data_dir: &Path,
     ttl: Duration,
 ) -> anyhow::Result<InProcessCoordinator> {
+    spawn_coordinator_on("127.0.0.1:0", data_dir, ttl).await
+}
+
+/// Like [`spawn_coordinator`], on a given address (to restart on the same port).
+pub(crate) async fn spawn_coordinator_on(
+    addr: &str,
+    data_dir: &Path,
+    ttl: Duration,
+) -> anyhow::Result<InProcessCoordinator> {
     init_tracing();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     let url = format!("http://{}", listener.local_addr()?);
     let mut config = lorasweep_coordinator::Config::new(data_dir);
     config.lease_ttl = ttl;
