@@ -99,7 +99,13 @@ impl CustomOp1 for FrozenMatmul {
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         // d(x·Wᵀ + b)/dx = g·W; no dW, no db.
-        Ok(Some(grad_res.matmul(&self.w.to_dtype(grad_res.dtype())?)?))
+        // contiguous(): cuBLAS rejects some strided layouts; the gradient is usually contiguous
+        // already, in which case this is free.
+        Ok(Some(
+            grad_res
+                .contiguous()?
+                .matmul(&self.w.to_dtype(grad_res.dtype())?)?,
+        ))
     }
 }
 

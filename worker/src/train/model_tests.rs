@@ -323,11 +323,11 @@ fn max_steps_zero_evaluates_once_and_leaves_adapters_untouched() -> anyhow::Resu
 }
 
 #[test]
-fn zero_sizes_and_checkpoints_are_refused() -> anyhow::Result<()> {
+fn zero_sizes_are_refused() -> anyhow::Result<()> {
     let (model, ads) = setup(&tiny_job(1e-2))?;
     for edit in [
         |j: &mut JobSpec| j.train.micro_batch = 0,
-        |j: &mut JobSpec| j.train.checkpoint_every = 5,
+        |j: &mut JobSpec| j.train.grad_accum = 0,
     ] {
         let mut job = tiny_job(1e-2);
         edit(&mut job);
