@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use lorasweep_coordinator::{Cli, Config, serve};
+use lorasweep_coordinator::{Cli, Config, serve_with_metrics};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -13,12 +13,16 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let listen = cli.listen;
+    let (listen, metrics_listen) = (cli.listen, cli.metrics_listen);
     let config = Config::try_from(cli)?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let metrics = match metrics_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    serve(listener, config, shutdown).await.context("coordinator failed")
+    serve_with_metrics(listener, metrics, config, shutdown).await.context("coordinator failed")
 }
 
 /// Cancels `token` on ctrl-c or SIGTERM.
