@@ -29,6 +29,23 @@ pub trait Progress {
     /// True once the job should stop (lease lost, job cancelled, worker shutting down).
     /// Trainers check it at least once per micro-batch.
     fn cancelled(&self) -> bool;
+    /// A checkpoint taken after optimizer step `step` (every `train.checkpoint_every` steps),
+    /// serialised by [`crate::train::checkpoint::Checkpoint::to_bytes`]. The default drops it:
+    /// only a `Progress` that stores checkpoints makes a run resumable.
+    fn checkpoint(&mut self, step: u64, bytes: Vec<u8>) {
+        let _ = (step, bytes);
+    }
+    /// The next checkpoint to try resuming from: the newest first, then older ones each time
+    /// it is called again (after the trainer rejected the previous one), `None` when there are
+    /// no more (the run starts at step 0). The default has none.
+    fn resume_candidate(&mut self) -> Option<(u64, Vec<u8>)> {
+        None
+    }
+    /// Something the job's owner should see (e.g. a checkpoint that could not be used). The
+    /// default logs it.
+    fn warning(&mut self, message: String) {
+        tracing::warn!("{message}");
+    }
 }
 
 /// Why a run failed. Messages name the cause (file, tensor, shape) so the job's error is useful.

@@ -15,7 +15,8 @@ use super::adapter;
 use super::data::{PackedData, eos_token_id, load_packed};
 use super::lora::Adapters;
 use super::model::{Qwen2Model, resolve_model_dir};
-use super::run::train_loop;
+use super::checkpoint::Checkpoint;
+use super::run::train_loop_from;
 use crate::trainer::{Progress, TrainError, TrainOutcome, Trainer};
 
 /// Parses `cpu`, `cuda` or `cuda:N`.
@@ -193,13 +194,31 @@ impl CandleTrainer {
             train_blocks = data.train.len(), eval_blocks = data.eval.len(), lora_params = ads.num_params(),
             "training"
         );
-        let out = train_loop(&base.model, &data, &ads, job, progress)?;
+        let resume = pick_checkpoint(job, &ads, progress);
+        let out = train_loop_from(&base.model, &data, &ads, job, resume.as_ref(), progress)?;
         if let Some(dir) = save_adapter {
             adapter::save(dir, &ads, &job.lora, &job.model.path)?;
         }
         tracing::info!(final_eval_loss = ?out.final_eval_loss, diverged = out.diverged, seconds = out.seconds, "finished");
         Ok(out)
     }
+}
+
+/// The newest of `progress`'s resume candidates that parses and belongs to `job`; each rejected
+/// one becomes a warning naming the step and the reason. `None`: start at step 0.
+fn pick_checkpoint(job: &JobSpec, ads: &Adapters, progress: &mut dyn Progress) -> Option<Checkpoint> {
+    while let Some((step, bytes)) = progress.resume_candidate() {
+        let ck = Checkpoint::from_bytes(&bytes).and_then(|ck| ck.check(job, ads).map(|()| ck));
+        match ck {
+            Ok(ck) if ck.state.opt_step == step => return Some(ck),
+            Ok(ck) => progress.warning(format!(
+                "checkpoint for step {step} holds step {}; not resuming from it",
+                ck.state.opt_step
+            )),
+            Err(e) => progress.warning(format!("checkpoint at step {step} not usable ({e}); trying an older one")),
+        }
+    }
+    None
 }
 
 impl Trainer for CandleTrainer {

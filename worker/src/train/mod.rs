@@ -11,12 +11,14 @@
 //! - [`schedule`]: linear warmup/decay learning rate.
 //! - [`run`]: the training loop (eval cadence, accumulation, stepping, divergence).
 //! - [`adapter`]: PEFT adapter directories (save and load).
+//! - [`checkpoint`]: resumable training state (adapters, AdamW moments, loop position).
 //! - [`bench`]: random-weight training-step benchmark at real model shapes.
 //! - [`local`]: [`CandleTrainer`] (the daemon's trainer, base model resident across jobs) and [`train_local`].
 //! - [`tiny`]: generated tiny Qwen2 checkpoints and no_robots-format data for tests and the demo.
 
 pub mod adapter;
 pub mod bench;
+pub mod checkpoint;
 pub mod data;
 pub mod frozen;
 pub mod init;

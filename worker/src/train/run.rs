@@ -22,6 +22,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use lorasweep_common::{JobSpec, LossPoint, Series};
 
+use super::checkpoint::{Checkpoint, LoopState};
 use super::data::{PackedData, epoch_order};
 use super::lora::{Adapters, DropoutKey};
 use super::model::Qwen2Model;
@@ -86,24 +87,38 @@ pub fn train_loop(
     job: &JobSpec,
     progress: &mut dyn Progress,
 ) -> Result<TrainOutcome, TrainError> {
+    train_loop_from(model, data, ads, job, None, progress)
+}
+
+/// [`train_loop`], optionally continuing from a checkpoint of the same job (already
+/// [`Checkpoint::check`]ed against `job` and `ads`): the adapters and AdamW state are restored
+/// and the loop continues at the checkpoint's micro-batch, emitting only the points after it.
+/// With `train.checkpoint_every = N > 0`, a checkpoint is handed to [`Progress::checkpoint`]
+/// after every N-th optimizer step.
+///
+/// On CPU the continued run is bit-identical to an uninterrupted one: the shuffle order and the
+/// dropout masks are functions of (seed, epoch) and (seed, micro-batch, layer, module), and the
+/// state restored is all the state there is. On a GPU the dropout masks come from the device
+/// RNG, which is re-seeded from (seed, micro-batch) before every forward, so the same holds on
+/// the same device.
+///
+/// # Errors
+/// As [`train_loop`].
+pub fn train_loop_from(
+    model: &Qwen2Model,
+    data: &PackedData,
+    ads: &Adapters,
+    job: &JobSpec,
+    resume: Option<&Checkpoint>,
+    progress: &mut dyn Progress,
+) -> Result<TrainOutcome, TrainError> {
     let t = &job.train;
     if t.micro_batch == 0 || t.grad_accum == 0 || t.eval_every == 0 {
         return Err(TrainError::Invalid(
             "micro_batch, grad_accum and eval_every must be positive".into(),
         ));
     }
-    if t.checkpoint_every != 0 {
-        // Refused rather than ignored, as the sweep parser does: nobody should believe a run
-        // is resumable when it is not.
-        return Err(TrainError::Invalid(
-            "train.checkpoint_every: checkpoints are not implemented yet; use 0".into(),
-        ));
-    }
     let start = Instant::now();
-    if !model.device().is_cpu() {
-        // GPU dropout masks come from the device RNG (see `Adapters::dropout_mask`).
-        model.device().set_seed(super::rng::splitmix64(job.seed))?;
-    }
     let n_micro = data.train.len().div_ceil(t.micro_batch) as u64;
     let sched = LinearSchedule::new(
         job.lr,
@@ -128,6 +143,16 @@ pub fn train_loop(
     // (opt_step at which it ran, loss) of the latest eval.
     let mut last_eval: Option<(u64, f64)> = None;
     let mut global = 0u64;
+    // Position of the first micro-batch to run: (epoch, index in the epoch).
+    let (mut first_epoch, mut first_micro) = (0usize, 0usize);
+    if let Some(ck) = resume {
+        ck.restore(ads, &mut opt)?;
+        let s = &ck.state;
+        (opt_step, tokens, diverged, global) = (s.opt_step, s.tokens, s.diverged, s.global);
+        last_eval = ck.last_eval();
+        (first_epoch, first_micro) = (s.epoch, s.micro);
+        tracing::info!(step = opt_step, epoch = s.epoch, micro = s.micro, "resuming from checkpoint");
+    }
     let eval = |at: u64, progress: &mut dyn Progress| -> Result<f64, TrainError> {
         let loss = eval_loss(model, Some(ads), &data.eval, t.micro_batch)?;
         tracing::debug!(step = at, loss, "eval");
@@ -138,9 +163,10 @@ pub fn train_loop(
         });
         Ok(loss)
     };
-    'epochs: for epoch in 0..t.epochs {
+    'epochs: for epoch in first_epoch..t.epochs {
         let order = epoch_order(data.train.len(), job.seed, epoch, job.data.shuffle);
-        for (i, idx) in order.chunks(t.micro_batch).enumerate() {
+        let skip = if epoch == first_epoch { first_micro } else { 0 };
+        for (i, idx) in order.chunks(t.micro_batch).enumerate().skip(skip) {
             if progress.cancelled() {
                 return Err(TrainError::Cancelled);
             }
@@ -158,6 +184,13 @@ pub fn train_loop(
                 seed: job.seed,
                 micro_step: global,
             });
+            if dropout.is_some() && !model.device().is_cpu() {
+                // GPU dropout masks come from the device RNG (see `Adapters::dropout_mask`);
+                // seeding it per micro-batch makes them a function of (seed, micro-batch), so a
+                // resumed run draws the masks an uninterrupted one would.
+                let key = super::rng::splitmix64(job.seed ^ super::rng::splitmix64(global));
+                model.device().set_seed(key)?;
+            }
             let (loss, _) = model.loss(&ids, Some(ads), dropout)?;
             let loss_val = loss.to_scalar::<f32>()? as f64;
             let grads = (loss / t.grad_accum as f64)?.backward()?;
@@ -182,6 +215,24 @@ pub fn train_loop(
                     loss: mean,
                 });
                 diverged |= diverges(mean, t.divergence_threshold);
+                if t.checkpoint_every > 0 && opt_step.is_multiple_of(t.checkpoint_every) {
+                    // The next micro-batch is i + 1 of this epoch, or the next epoch's first.
+                    let (epoch_next, micro_next) = if i + 1 == n_micro as usize { (epoch + 1, 0) } else { (epoch, i + 1) };
+                    let state = LoopState {
+                        opt_step,
+                        adam_step: opt.step,
+                        epoch: epoch_next,
+                        micro: micro_next,
+                        global,
+                        tokens,
+                        last_eval: last_eval.map(|(s, l)| (s, l.to_bits())),
+                        diverged,
+                    };
+                    let t0 = Instant::now();
+                    let bytes = Checkpoint::capture(job, state, ads, &opt)?.to_bytes()?;
+                    tracing::debug!(step = opt_step, bytes = bytes.len(), seconds = t0.elapsed().as_secs_f64(), "checkpoint");
+                    progress.checkpoint(opt_step, bytes);
+                }
             }
         }
         // Trailing micro-batches of the epoch are never stepped.
