@@ -106,6 +106,9 @@ fn lora_grads_of_the_whole_model_match_finite_differences_in_f64() -> anyhow::Re
         }
     }
     assert!(checked > 100);
+    eprintln!(
+        "finite differences: {checked} LoRA entries, worst error {worst:.2e} (relative to max |g| per tensor)"
+    );
     assert!(worst < 1e-6, "worst relative gradient error {worst:e}");
     Ok(())
 }
@@ -180,6 +183,7 @@ fn logits_match_candle_transformers_inference_model() -> anyhow::Result<()> {
     let got = ours.logits(&x, None, None)?.get(0)?.get(8)?;
     let diff = (want.clone() - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
     let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+    eprintln!("vs candle-transformers qwen2: max |Δlogit| {diff:.2e} (max |logit| {scale:.3})");
     assert!(
         diff <= 1e-5 * scale.max(1.0),
         "max |Δlogit| {diff:e} (max |logit| {scale})"
