@@ -116,6 +116,9 @@ fn need_of(path: &str) -> (Need, &str) {
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("", path));
     let need = match (service, method) {
         ("lorasweep.v1.Workers", _) => Need::Worker,
+        // Uploads and warnings are fenced worker calls; reading artifacts changes nothing.
+        ("lorasweep.v1.Artifacts", "UploadArtifact" | "ReportJobWarning") => Need::Worker,
+        ("lorasweep.v1.Artifacts", "ListArtifacts" | "DownloadArtifact") => Need::Any,
         ("lorasweep.v1.Sweeps", "SubmitSweep" | "CancelSweep" | "RetrySweep") => Need::Admin,
         ("lorasweep.v1.Sweeps", "ListSweeps" | "GetSweep" | "ListJobs" | "WatchSweep" | "GetCurve" | "ListWorkers") => {
             Need::Any

@@ -33,7 +33,7 @@ pub use store::DB_FILE;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use lorasweep_proto::pb::{sweeps_server::SweepsServer, workers_server::WorkersServer};
+use lorasweep_proto::pb::{artifacts_server::ArtifactsServer, sweeps_server::SweepsServer, workers_server::WorkersServer};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
@@ -116,6 +116,10 @@ pub async fn serve_with_metrics(
         metrics: config.metrics.clone(),
         max_points_per_stream: config.max_points_per_stream,
     };
+    let artifacts = grpc::artifacts::ArtifactsService {
+        store: store.clone(),
+        dir: config.data_dir.join(grpc::artifacts::ARTIFACTS_DIR),
+    };
     if let Some(listener) = metrics_listener {
         tracker.spawn(metrics::serve(listener, config.metrics.clone(), store.clone(), tracker.clone(), stop.clone()));
     }
@@ -131,6 +135,7 @@ pub async fn serve_with_metrics(
         .layer(auth)
         .add_service(SweepsServer::new(sweeps).max_decoding_message_size(limits::MAX_MESSAGE_BYTES))
         .add_service(WorkersServer::new(workers).max_decoding_message_size(limits::MAX_MESSAGE_BYTES))
+        .add_service(ArtifactsServer::new(artifacts).max_decoding_message_size(limits::MAX_MESSAGE_BYTES))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             stop.clone().cancelled_owned(),

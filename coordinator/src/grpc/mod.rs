@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`sweeps`]: the `Sweeps` service (people and tools).
 //! - [`workers`]: the `Workers` service (worker daemons).
+//! - [`artifacts`]: the `Artifacts` service (checkpoints and adapters as files).
 
+pub(crate) mod artifacts;
 pub(crate) mod sweeps;
 pub(crate) mod workers;
 

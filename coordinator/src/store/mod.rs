@@ -9,7 +9,9 @@
 //! - [`jobs`]: leases (lease, heartbeat, complete, fail, reap) and job listings.
 //! - [`points`]: loss points in, curves out.
 //! - [`workers`]: worker registration and listing.
+//! - [`artifacts`]: artifact rows (checkpoints, adapters; the files are `grpc::artifacts`').
 
+pub(crate) mod artifacts;
 pub(crate) mod jobs;
 pub(crate) mod points;
 pub(crate) mod sweeps;

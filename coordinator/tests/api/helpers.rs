@@ -5,7 +5,9 @@ use std::{future::Future, path::PathBuf, sync::Once, time::Duration};
 
 use anyhow::Context;
 use lorasweep_coordinator::{Config, DB_FILE, ManualClock};
-use lorasweep_proto::pb::{self, sweeps_client::SweepsClient, workers_client::WorkersClient};
+use lorasweep_proto::pb::{
+    self, artifacts_client::ArtifactsClient, sweeps_client::SweepsClient, workers_client::WorkersClient,
+};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +20,7 @@ pub(crate) const TTL: Duration = Duration::from_secs(10);
 pub(crate) struct TestCoordinator {
     pub(crate) sweeps: SweepsClient<Channel>,
     pub(crate) workers: WorkersClient<Channel>,
+    pub(crate) artifacts: ArtifactsClient<Channel>,
     pub(crate) clock: ManualClock,
     pub(crate) dir: TempDir,
     pub(crate) max_attempts: u32,
@@ -85,7 +88,8 @@ pub(crate) async fn spawn_configured(
     let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await.context("connecting")?;
     Ok(TestCoordinator {
         sweeps: SweepsClient::new(channel.clone()),
-        workers: WorkersClient::new(channel),
+        workers: WorkersClient::new(channel.clone()),
+        artifacts: ArtifactsClient::new(channel),
         clock,
         dir,
         max_attempts,
@@ -100,6 +104,7 @@ impl TestCoordinator {
         self.shutdown.cancel();
         drop(self.sweeps);
         drop(self.workers);
+        drop(self.artifacts);
         self.handle.await??;
         Ok((self.dir, self.clock))
     }

@@ -1,5 +1,6 @@
 //! Integration tests of the coordinator over real gRPC: one binary, one module per concern.
 
+mod artifacts;
 mod fuzz;
 mod helpers;
 mod leases;
