@@ -26,8 +26,12 @@ pub(crate) async fn coordinator(cli: lorasweep_coordinator::Cli) -> anyhow::Resu
 }
 
 /// Runs a worker daemon against `url` until ctrl-c/SIGTERM.
-pub(crate) async fn worker(url: &str, args: lorasweep_worker::WorkerArgs) -> anyhow::Result<()> {
-    let config = lorasweep_worker::Config::new(url, args)?;
+pub(crate) async fn worker(
+    url: &str,
+    connect: &lorasweep_worker::ConnectArgs,
+    args: lorasweep_worker::WorkerArgs,
+) -> anyhow::Result<()> {
+    let config = lorasweep_worker::Config::new(url, args)?.with_connect(connect)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(lorasweep_worker::daemon::cancel_on_signal(shutdown.clone()));
     lorasweep_worker::run(config, shutdown)

@@ -26,6 +26,9 @@ struct Cli {
     /// The coordinator's gRPC address.
     #[arg(long, global = true, env = "LORASWEEP_COORDINATOR", default_value = "http://127.0.0.1:50051")]
     coordinator: String,
+    /// Bearer token and TLS CA for the coordinator (global: `--token-file`, `--tls-ca`).
+    #[command(flatten)]
+    connect: lorasweep_worker::ConnectArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -96,6 +99,7 @@ fn main() -> anyhow::Result<()> {
         // Daemon logs often go to files; colour codes only help on a terminal.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    client::configure(cli.connect.clone());
     let url = cli.coordinator.as_str();
     let rt = || tokio::runtime::Runtime::new().map_err(anyhow::Error::from);
     match cli.command {
@@ -111,7 +115,7 @@ fn main() -> anyhow::Result<()> {
         Command::Plot(args) => rt()?.block_on(cmd_results::plot(url, args)),
         Command::Demo(args) => rt()?.block_on(cmd_demo::run(args)),
         Command::Coordinator(args) => rt()?.block_on(cmd_serve::coordinator(args)),
-        Command::Worker(args) => rt()?.block_on(cmd_serve::worker(url, args)),
+        Command::Worker(args) => rt()?.block_on(cmd_serve::worker(url, &cli.connect, args)),
         Command::Bench { which: BenchCommand::Coordinator(args) } => {
             rt()?.block_on(bench_coordinator::run(url, args))
         }

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use crate::WorkerError;
+use crate::{
+    WorkerError,
+    connect::{ConnectArgs, Remote},
+};
 
 /// Which training backend the worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -61,6 +64,9 @@ pub struct WorkerCli {
         default_value = "http://127.0.0.1:50051"
     )]
     pub coordinator: String,
+    /// Token and TLS.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// Everything else.
     #[command(flatten)]
     pub args: WorkerArgs,
@@ -81,6 +87,8 @@ pub struct Config {
     pub synthetic_step: Duration,
     /// Cap of the poll and retry backoff.
     pub max_backoff: Duration,
+    /// How to reach and authenticate to the coordinator.
+    pub remote: Remote,
 }
 
 impl Config {
@@ -125,7 +133,17 @@ impl Config {
             trainer: args.trainer,
             synthetic_step: Duration::from_millis(args.synthetic_step_ms),
             max_backoff: Duration::from_millis(args.max_backoff_ms),
+            remote: Remote::plain(coordinator),
         })
+    }
+
+    /// Adds the token and TLS settings of `connect`.
+    ///
+    /// # Errors
+    /// [`WorkerError::Config`] naming the flag (see [`Remote::new`]).
+    pub fn with_connect(mut self, connect: &ConnectArgs) -> Result<Self, WorkerError> {
+        self.remote = Remote::new(&self.coordinator, connect)?;
+        Ok(self)
     }
 }
 

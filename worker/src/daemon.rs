@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use lorasweep_proto::pb::{self, workers_client::WorkersClient};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::{
     Config, TrainerKind, WorkerError,
+    connect::Authed,
     job::{self, JobContext},
     rpc::{self, Backoff},
     synthetic::SyntheticTrainer,
@@ -36,7 +36,9 @@ pub fn make_trainer(config: &Config) -> Result<Box<dyn Trainer>, WorkerError> {
         TrainerKind::Synthetic => Ok(Box::new(SyntheticTrainer::new(config.synthetic_step))),
         TrainerKind::Candle => crate::train::CandleTrainer::new(&config.device)
             .map(|t| Box::new(t) as Box<dyn Trainer>)
-            .map_err(|e| WorkerError::TrainerUnavailable(format!("candle on {}: {e}", config.device))),
+            .map_err(|e| {
+                WorkerError::TrainerUnavailable(format!("candle on {}: {e}", config.device))
+            }),
     }
 }
 
@@ -47,15 +49,13 @@ pub fn make_trainer(config: &Config) -> Result<Box<dyn Trainer>, WorkerError> {
 /// An unreachable coordinator is waited for, not an error.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let mut trainer = make_trainer(&config)?;
-    let endpoint = Endpoint::from_shared(config.coordinator.clone())
-        .map_err(|source| WorkerError::Endpoint {
-            url: config.coordinator.clone(),
-            source,
-        })?
+    let endpoint = config
+        .remote
+        .endpoint()?
         .timeout(CALL_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT);
     // Lazy: the channel (re)connects on use, so a coordinator restart needs nothing from us.
-    let client = WorkersClient::new(endpoint.connect_lazy());
+    let client = WorkersClient::new(config.remote.authed(endpoint.connect_lazy()));
 
     let Some(mut ctx) = register(&config, &client, &shutdown).await else {
         return Ok(());
@@ -108,7 +108,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
 /// Registers, retrying until the coordinator answers; `None` if shut down first.
 async fn register(
     config: &Config,
-    client: &WorkersClient<Channel>,
+    client: &WorkersClient<Authed>,
     shutdown: &CancellationToken,
 ) -> Option<JobContext> {
     let req = pb::RegisterWorkerRequest {

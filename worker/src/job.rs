@@ -21,9 +21,9 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::{
+    connect::Authed,
     report::{self, ReportEnd, ReportTarget},
     rpc,
     trainer::{Progress, TrainError, TrainOutcome, Trainer},
@@ -145,7 +145,7 @@ impl Progress for ChannelProgress {
 #[derive(Debug, Clone)]
 pub(crate) struct JobContext {
     /// The coordinator.
-    pub(crate) client: pb::workers_client::WorkersClient<Channel>,
+    pub(crate) client: pb::workers_client::WorkersClient<Authed>,
     /// This worker's id.
     pub(crate) worker_id: String,
     /// Heartbeat period from registration.

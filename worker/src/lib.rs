@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: command-line flags and the validated [`Config`].
+//! - [`connect`]: the coordinator's URL, bearer token and TLS CA ([`connect::Remote`]).
 //! - [`daemon`]: [`run`], the register → lease → run loop.
 //! - `job`: one attempt: trainer thread, heartbeat, final report.
 //! - `report`: the bounded point channel → client-streaming `ReportPoints` shipper.
@@ -12,6 +13,7 @@
 //! - [`error`]: what can stop the daemon, [`WorkerError`].
 
 pub mod config;
+pub mod connect;
 pub mod daemon;
 pub mod error;
 mod job;
@@ -22,5 +24,6 @@ pub mod train;
 pub mod trainer;
 
 pub use config::{Config, TrainerKind, WorkerArgs, WorkerCli};
+pub use connect::{ConnectArgs, Remote};
 pub use daemon::run;
 pub use error::WorkerError;

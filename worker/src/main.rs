@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let config = Config::new(&cli.coordinator, cli.args)?;
+    let config = Config::new(&cli.coordinator, cli.args)?.with_connect(&cli.connect)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(lorasweep_worker::daemon::cancel_on_signal(shutdown.clone()));
     lorasweep_worker::run(config, shutdown)

@@ -13,9 +13,9 @@ use std::{sync::Arc, time::Duration};
 use lorasweep_common::LossPoint;
 use lorasweep_proto::pb;
 use tokio::{sync::mpsc, time::Instant};
-use tonic::transport::Channel;
 
 use crate::{
+    connect::Authed,
     job::{JobControl, StopReason},
     rpc::{self, Backoff},
 };
@@ -49,7 +49,7 @@ pub(crate) enum ReportEnd {
 #[derive(Debug, Clone)]
 pub(crate) struct ReportTarget {
     /// The coordinator.
-    pub(crate) client: pb::workers_client::WorkersClient<Channel>,
+    pub(crate) client: pb::workers_client::WorkersClient<Authed>,
     /// The job.
     pub(crate) job_id: String,
     /// The attempt (fencing token).

@@ -2,6 +2,7 @@
 //! SQLite data dir, real worker daemons running the synthetic trainer, and the `lorasweep` CLI
 //! binary. One integration binary, so the workspace links once.
 
+mod auth;
 mod demo;
 mod faults;
 mod grid;
