@@ -1,6 +1,7 @@
 //! Integration tests of the coordinator over real gRPC: one binary, one module per concern.
 
 mod artifacts;
+mod catalogue;
 mod fuzz;
 mod helpers;
 mod leases;
