@@ -9,3 +9,4 @@ mod grid;
 mod helpers;
 mod output;
 mod steer;
+mod tls;
