@@ -7,9 +7,9 @@
 //! - a sweep file: 1 MiB (`grpc::sweeps`); its grid: `lorasweep_common::MAX_JOBS` jobs; its
 //!   name and paths: `lorasweep_common::sweep::{MAX_NAME_LEN, MAX_PATH_LEN}` bytes (other strings
 //!   of a sweep file are checked against fixed lists);
-//! - tokens: 16 to 1024 bytes (`auth`).
-//!
-//! There are no artifacts (adapter files) on the wire yet, so there is no artifact limit yet.
+//! - tokens: 16 to 1024 bytes (`auth`);
+//! - artifacts: 8 GiB each, sent in chunks of at most 1 MiB (`grpc::artifacts`); a job warning:
+//!   [`MAX_ERROR_LEN`].
 
 use tonic::{Code, Status};
 

@@ -114,13 +114,11 @@ impl Metrics {
         let _ = writeln!(out, "lorasweep_workers_alive {alive}");
         header(&mut out, "lorasweep_workers_registered", "gauge", "Workers ever registered.");
         let _ = writeln!(out, "lorasweep_workers_registered {}", workers.len());
-        header(
-            &mut out,
-            "lorasweep_artifact_bytes_total",
-            "counter",
-            "Artifact bytes stored. The coordinator stores no artifacts yet, so this stays 0.",
-        );
-        let _ = writeln!(out, "lorasweep_artifact_bytes_total 0");
+        let (artifacts, artifact_bytes) = store.artifact_totals().await?;
+        header(&mut out, "lorasweep_artifact_bytes", "gauge", "Bytes of stored artifacts (checkpoints and adapters).");
+        let _ = writeln!(out, "lorasweep_artifact_bytes {artifact_bytes}");
+        header(&mut out, "lorasweep_artifacts", "gauge", "Stored artifacts.");
+        let _ = writeln!(out, "lorasweep_artifacts {artifacts}");
         header(
             &mut out,
             "lorasweep_auth_refused_total",

@@ -161,4 +161,9 @@ impl Store {
             })
             .await
     }
+
+    /// How many artifacts are stored and their total bytes (for the metrics endpoint).
+    pub(crate) async fn artifact_totals(&self) -> Result<(i64, i64)> {
+        Ok(sqlx::query_as("SELECT count(*), coalesce(sum(size), 0) FROM artifacts").fetch_one(&self.reads).await?)
+    }
 }

@@ -7,6 +7,7 @@ use std::{future::Future, pin::Pin, time::Duration};
 
 use lorasweep_coordinator::{ManualClock, limits};
 use lorasweep_proto::pb;
+use sha2::Digest;
 use tempfile::TempDir;
 use tonic::{Code, Status};
 
@@ -119,6 +120,48 @@ async fn every_bad_input_of_the_catalogue_is_refused_by_name_and_changes_nothing
         Box::pin(async move { w.report_points(req).await.map(|_| ()) })
     };
     let point = |series: i32, step: u64| vec![pb::Point { series, step, loss: 1.0 }];
+    let hex = |bytes: &[u8]| -> String { sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect() };
+    // An upload stream: `meta` (if any) with the given fields, then `chunks`, with `token`.
+    let upload = |meta: Option<(u32, i32, u64, u64, String)>, chunks: Vec<Vec<u8>>, token: Option<&str>| -> Call {
+        use pb::upload_artifact_request::Part;
+        let mut a = c.artifacts.clone();
+        let mut msgs: Vec<pb::UploadArtifactRequest> = meta
+            .into_iter()
+            .map(|(attempt, kind, step, size, sha256)| pb::UploadArtifactRequest {
+                part: Some(Part::Meta(pb::UploadArtifactMeta {
+                    worker_id: worker.clone(),
+                    job_id: job.clone(),
+                    attempt,
+                    kind,
+                    step,
+                    size,
+                    sha256,
+                })),
+            })
+            .collect();
+        msgs.extend(chunks.into_iter().map(|c| pb::UploadArtifactRequest { part: Some(Part::Chunk(c)) }));
+        let req = authed(tokio_stream::iter(msgs), token);
+        Box::pin(async move { a.upload_artifact(req).await.map(|_| ()) })
+    };
+    let artifact_read = |job_id: String, kind: i32, download: bool| -> Call {
+        let mut a = c.artifacts.clone();
+        Box::pin(async move {
+            if download {
+                let req = authed(pb::DownloadArtifactRequest { job_id, kind, step: 1 }, Some(WORKER));
+                a.download_artifact(req).await.map(|_| ())
+            } else {
+                a.list_artifacts(authed(pb::ListArtifactsRequest { job_id, kind }, Some(WORKER))).await.map(|_| ())
+            }
+        })
+    };
+    let warning = |attempt: u32, message: String| -> Call {
+        let mut a = c.artifacts.clone();
+        let req = pb::ReportJobWarningRequest { worker_id: worker.clone(), job_id: job.clone(), attempt, message };
+        let req = authed(req, Some(WORKER));
+        Box::pin(async move { a.report_job_warning(req).await.map(|_| ()) })
+    };
+    let ck = pb::ArtifactKind::Checkpoint as i32;
+    let small = vec![1u8, 2, 3];
     let raw_header = |value: &str| -> Call {
         let mut s = s0.clone();
         let mut req = tonic::Request::new(pb::ListSweepsRequest {});
@@ -445,6 +488,82 @@ async fn every_bad_input_of_the_catalogue_is_refused_by_name_and_changes_nothing
             "attempt 0",
             report(vec![(job.clone(), 0, point(train, 1))], Some(WORKER)),
         ),
+        // Artifacts.
+        case(
+            "UploadArtifact without a token",
+            Unauthenticated,
+            "UploadArtifact needs the worker token",
+            upload(Some((attempt, ck, 1, 3, hex(&small))), vec![small.clone()], None),
+        ),
+        case(
+            "UploadArtifact declaring 8 GiB + 1 bytes",
+            InvalidArgument,
+            "8589934592",
+            upload(Some((attempt, ck, 1, (8 << 30) + 1, hex(&small))), vec![small.clone()], Some(WORKER)),
+        ),
+        case(
+            "UploadArtifact chunk of 1 MiB + 1 bytes",
+            InvalidArgument,
+            "at most 1048576",
+            upload(Some((attempt, ck, 1, 2 << 20, hex(&small))), vec![vec![0; (1 << 20) + 1]], Some(WORKER)),
+        ),
+        case(
+            "UploadArtifact sending more bytes than declared",
+            InvalidArgument,
+            "more bytes than the declared size",
+            upload(Some((attempt, ck, 1, 2, hex(&small))), vec![small.clone()], Some(WORKER)),
+        ),
+        case(
+            "UploadArtifact whose bytes do not match the declared sha256",
+            InvalidArgument,
+            "does not match",
+            upload(Some((attempt, ck, 1, 3, hex(b"other"))), vec![small.clone()], Some(WORKER)),
+        ),
+        case(
+            "UploadArtifact with a sha256 that is not hex",
+            InvalidArgument,
+            "64 hex digits",
+            upload(Some((attempt, ck, 1, 3, "zz".repeat(32))), vec![small.clone()], Some(WORKER)),
+        ),
+        case(
+            "UploadArtifact starting with a chunk, no meta",
+            InvalidArgument,
+            "must carry meta",
+            upload(None, vec![small.clone()], Some(WORKER)),
+        ),
+        case(
+            "UploadArtifact of kind 0",
+            InvalidArgument,
+            "not an artifact kind",
+            upload(Some((attempt, 0, 1, 3, hex(&small))), vec![small.clone()], Some(WORKER)),
+        ),
+        case(
+            "UploadArtifact at step u64::MAX",
+            InvalidArgument,
+            "step",
+            upload(Some((attempt, ck, u64::MAX, 3, hex(&small))), vec![small.clone()], Some(WORKER)),
+        ),
+        case(
+            "UploadArtifact of a stale attempt",
+            FailedPrecondition,
+            "stale",
+            upload(Some((attempt + 1, ck, 1, 3, hex(&small))), vec![small.clone()], Some(WORKER)),
+        ),
+        case("ListArtifacts of kind 9", InvalidArgument, "not an artifact kind", artifact_read(job.clone(), 9, false)),
+        case("ListArtifacts of \"../../etc\"", NotFound, "../../etc", artifact_read("../../etc".into(), 0, false)),
+        case(
+            "DownloadArtifact that was never uploaded",
+            NotFound,
+            "has no checkpoint",
+            artifact_read(job.clone(), ck, true),
+        ),
+        case(
+            "ReportJobWarning of 64 KiB + 1",
+            InvalidArgument,
+            "65536",
+            warning(attempt, "w".repeat(limits::MAX_ERROR_LEN + 1)),
+        ),
+        case("ReportJobWarning of a stale attempt", FailedPrecondition, "stale", warning(attempt + 2, "w".into())),
     ];
     let n = cases.len();
     assert!(n >= 50, "the catalogue has {n} inputs");

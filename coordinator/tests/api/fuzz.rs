@@ -13,6 +13,7 @@ use proptest::{
     sample::Index,
     test_runner::{Config as RunnerConfig, TestRunner},
 };
+use sha2::Digest as _;
 use tonic::Code;
 
 use crate::helpers::*;
@@ -26,7 +27,10 @@ enum Id {
 
 #[derive(Debug, Clone)]
 enum Call {
-    Submit { toml: String, source: String },
+    Submit {
+        toml: String,
+        source: String,
+    },
     ListSweeps,
     GetSweep(Id),
     ListJobs(Id, i32),
@@ -35,12 +39,59 @@ enum Call {
     Retry(Id),
     Curve(Id),
     ListWorkers,
-    Register { name: String, device: String, trainer: String },
+    Register {
+        name: String,
+        device: String,
+        trainer: String,
+    },
     Lease(Id),
-    Heartbeat { worker: Id, job: Id, attempt: u32, step: u64, total: u64 },
-    Report { job: Id, attempt: u32, points: Vec<(i32, u64, f64)> },
-    Complete { worker: Id, job: Id, attempt: u32, state: i32, loss: Option<f64>, tokens: u64, seconds: f64 },
-    Fail { worker: Id, job: Id, attempt: u32, error: String, retryable: bool, released: bool },
+    Heartbeat {
+        worker: Id,
+        job: Id,
+        attempt: u32,
+        step: u64,
+        total: u64,
+    },
+    Report {
+        job: Id,
+        attempt: u32,
+        points: Vec<(i32, u64, f64)>,
+    },
+    Complete {
+        worker: Id,
+        job: Id,
+        attempt: u32,
+        state: i32,
+        loss: Option<f64>,
+        tokens: u64,
+        seconds: f64,
+    },
+    Fail {
+        worker: Id,
+        job: Id,
+        attempt: u32,
+        error: String,
+        retryable: bool,
+        released: bool,
+    },
+    Upload {
+        worker: Id,
+        job: Id,
+        attempt: u32,
+        kind: i32,
+        step: u64,
+        size: u64,
+        sha: Option<String>,
+        chunks: Vec<Vec<u8>>,
+    },
+    ListArtifacts(Id, i32),
+    Download(Id, i32, u64),
+    Warning {
+        worker: Id,
+        job: Id,
+        attempt: u32,
+        message: String,
+    },
 }
 
 fn text() -> impl Strategy<Value = String> {
@@ -166,6 +217,28 @@ fn call() -> impl Strategy<Value = Call> {
                 released
             }
         ),
+        2 => (
+            (id(), id(), attempt()),
+            prop_oneof![3 => 1i32..3, 1 => any::<i32>()],
+            big(),
+            prop_oneof![0u64..64, any::<u64>()],
+            prop_oneof![3 => Just(None), 1 => prop_oneof!["[0-9a-f]{64}", "\\PC{0,70}"].prop_map(Some)],
+            prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..4),
+        )
+            .prop_map(|((worker, job, attempt), kind, step, size, sha, chunks)| Call::Upload {
+                worker,
+                job,
+                attempt,
+                kind,
+                step,
+                size,
+                sha,
+                chunks
+            }),
+        1 => (id(), prop_oneof![0i32..3, any::<i32>()]).prop_map(|(i, k)| Call::ListArtifacts(i, k)),
+        1 => (id(), prop_oneof![0i32..3, any::<i32>()], big()).prop_map(|(i, k, s)| Call::Download(i, k, s)),
+        1 => (id(), id(), attempt(), text())
+            .prop_map(|(worker, job, attempt, message)| Call::Warning { worker, job, attempt, message }),
     ]
 }
 
@@ -260,6 +333,47 @@ async fn run(c: &TestCoordinator, pool: &Pool, call: &Call) -> (Option<tonic::St
                     error: error.clone(),
                     retryable: *retryable,
                     released: *released,
+                })
+                .await
+                .map(|_| vec![])?,
+            Call::Upload { worker, job, attempt, kind, step, size, sha, chunks } => {
+                use pb::upload_artifact_request::Part;
+                // `sha: None` declares the true digest of the bytes, so size alone decides.
+                let all: Vec<u8> = chunks.concat();
+                let digest: String = sha2::Sha256::digest(&all).iter().map(|b| format!("{b:02x}")).collect();
+                let meta = pb::UploadArtifactMeta {
+                    worker_id: id(worker),
+                    job_id: id(job),
+                    attempt: *attempt,
+                    kind: *kind,
+                    step: *step,
+                    size: *size,
+                    sha256: sha.clone().unwrap_or(digest),
+                };
+                let mut msgs = vec![pb::UploadArtifactRequest { part: Some(Part::Meta(meta)) }];
+                msgs.extend(chunks.iter().map(|c| pb::UploadArtifactRequest { part: Some(Part::Chunk(c.clone())) }));
+                c.artifacts.clone().upload_artifact(tokio_stream::iter(msgs)).await.map(|_| vec![])?
+            }
+            Call::ListArtifacts(i, kind) => c
+                .artifacts
+                .clone()
+                .list_artifacts(pb::ListArtifactsRequest { job_id: id(i), kind: *kind })
+                .await
+                .map(|_| vec![])?,
+            Call::Download(i, kind, step) => {
+                let req = pb::DownloadArtifactRequest { job_id: id(i), kind: *kind, step: *step };
+                let mut stream = c.artifacts.clone().download_artifact(req).await?.into_inner();
+                while stream.message().await?.is_some() {}
+                vec![]
+            }
+            Call::Warning { worker, job, attempt, message } => c
+                .artifacts
+                .clone()
+                .report_job_warning(pb::ReportJobWarningRequest {
+                    worker_id: id(worker),
+                    job_id: id(job),
+                    attempt: *attempt,
+                    message: message.clone(),
                 })
                 .await
                 .map(|_| vec![])?,

@@ -133,7 +133,7 @@ impl TestCoordinator {
         let mut conn =
             sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", self.db_path().display())).await?;
         let mut out = Vec::new();
-        for table in ["sweeps", "jobs", "workers", "loss_points", "events"] {
+        for table in ["sweeps", "jobs", "workers", "loss_points", "events", "artifacts"] {
             let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
                 .fetch_one(&mut conn)
                 .await?;
@@ -146,6 +146,8 @@ impl TestCoordinator {
         .fetch_one(&mut conn)
         .await?;
         out.push((digest, 0));
+        // Artifact files on disk (including `.part` files a refused upload must not leave behind).
+        out.push(("artifact files".into(), count_files(&self.dir.path().join("artifacts")) as i64));
         conn.close().await?;
         Ok(out)
     }
@@ -270,6 +272,20 @@ impl TestCoordinator {
             .await
             .map(|r| r.into_inner())
     }
+}
+
+/// Regular files under `dir`, recursively (0 if it does not exist).
+fn count_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => count_files(&e.path()),
+                Ok(t) if t.is_file() => 1,
+                _ => 0,
+            })
+            .sum()
+    })
 }
 
 /// `n` train points with steps `1..=n` and a decreasing loss.

@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use lorasweep_coordinator::ManualClock;
+use lorasweep_proto::pb;
+use sha2::Digest;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -43,6 +45,22 @@ async fn metrics_follow_leases_points_workers_expiry_and_refusals() -> anyhow::R
     c.complete(&worker, &first, 1.0).await?;
     let second = c.lease(&worker).await?;
     c.report(&second.job_id, second.attempt, &train_points(3), 3).await?;
+    let bytes = vec![7u8; 1000];
+    let sha: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let meta = pb::UploadArtifactMeta {
+        worker_id: worker.clone(),
+        job_id: second.job_id.clone(),
+        attempt: second.attempt,
+        kind: pb::ArtifactKind::Checkpoint as i32,
+        step: 2,
+        size: 1000,
+        sha256: sha,
+    };
+    let upload = vec![
+        pb::UploadArtifactRequest { part: Some(pb::upload_artifact_request::Part::Meta(meta)) },
+        pb::UploadArtifactRequest { part: Some(pb::upload_artifact_request::Part::Chunk(bytes)) },
+    ];
+    c.artifacts.upload_artifact(tokio_stream::iter(upload)).await?;
 
     let (status, text) = get(metrics_addr, "/metrics").await?;
     assert!(status.contains("200"), "{status}");
@@ -56,7 +74,8 @@ async fn metrics_follow_leases_points_workers_expiry_and_refusals() -> anyhow::R
     assert_eq!(sample(&text, "lorasweep_points_ingested_total"), Some(8.0));
     assert_eq!(sample(&text, "lorasweep_workers_alive"), Some(1.0));
     assert_eq!(sample(&text, "lorasweep_leases_expired_total"), Some(0.0));
-    assert_eq!(sample(&text, "lorasweep_artifact_bytes_total"), Some(0.0));
+    assert_eq!(sample(&text, "lorasweep_artifact_bytes"), Some(1000.0));
+    assert_eq!(sample(&text, "lorasweep_artifacts"), Some(1.0));
     assert!(text.contains("# TYPE lorasweep_lease_latency_seconds histogram"), "{text}");
 
     // The second lease expires: the reaper requeues it and the counter shows it.
@@ -90,7 +109,7 @@ async fn auth_refusals_are_counted() -> anyhow::Result<()> {
     )
     .await?;
     let mut s = c.sweeps.clone();
-    let submit = lorasweep_proto::pb::SubmitSweepRequest { sweep_toml: grid(1, 1), source: "t".into() };
+    let submit = pb::SubmitSweepRequest { sweep_toml: grid(1, 1), source: "t".into() };
     assert!(s.submit_sweep(security::authed(submit.clone(), None)).await.is_err());
     assert!(s.submit_sweep(security::authed(submit, Some(security::WORKER))).await.is_err());
     let (_, text) = get(metrics_addr, "/metrics").await?;

@@ -125,6 +125,29 @@ async fn call_all(c: &TestCoordinator, token: Option<&str>, ids: &Ids) -> Vec<(&
         seconds: 1.0,
     };
     out.push(("CompleteJob", code(w.complete_job(authed(complete, token)).await)));
+    let mut a = c.artifacts.clone();
+    let meta = pb::UploadArtifactMeta {
+        worker_id: ids.worker.clone(),
+        job_id: ids.job.clone(),
+        attempt: 99,
+        kind: pb::ArtifactKind::Checkpoint as i32,
+        step: 1,
+        size: 1,
+        sha256: "0".repeat(64),
+    };
+    let upload = vec![pb::UploadArtifactRequest { part: Some(pb::upload_artifact_request::Part::Meta(meta)) }];
+    out.push(("UploadArtifact", code(a.upload_artifact(authed(tokio_stream::iter(upload), token)).await)));
+    let list = pb::ListArtifactsRequest { job_id: ids.job.clone(), kind: 0 };
+    out.push(("ListArtifacts", code(a.list_artifacts(authed(list, token)).await)));
+    let download = pb::DownloadArtifactRequest { job_id: ids.job.clone(), kind: 1, step: 1 };
+    out.push(("DownloadArtifact", code(a.download_artifact(authed(download, token)).await)));
+    let warning = pb::ReportJobWarningRequest {
+        worker_id: ids.worker.clone(),
+        job_id: ids.job.clone(),
+        attempt: 99,
+        message: "w".into(),
+    };
+    out.push(("ReportJobWarning", code(a.report_job_warning(authed(warning, token)).await)));
     // Retry before cancel: with nothing failed it requeues nothing; cancel last, it ends the sweep.
     out.push((
         "RetrySweep",
@@ -157,6 +180,18 @@ async fn setup(c: &TestCoordinator) -> anyhow::Result<Ids> {
 
 const ADMIN_CALLS: [&str; 3] = ["SubmitSweep", "RetrySweep", "CancelSweep"];
 
+/// The refusals `call_all` provokes on purpose once auth let a call through: stale attempts
+/// (FAILED_PRECONDITION) and a download of an artifact that does not exist (NOT_FOUND).
+fn assert_past_auth(method: &str, code: Code, message: &str) {
+    match method {
+        "FailJob" | "CompleteJob" | "UploadArtifact" | "ReportJobWarning" => {
+            assert_eq!(code, Code::FailedPrecondition, "{method}: {message}");
+        }
+        "DownloadArtifact" => assert_eq!(code, Code::NotFound, "{method}: {message}"),
+        _ => panic!("{method} refused past auth: {code:?} {message}"),
+    }
+}
+
 #[tokio::test]
 async fn missing_or_wrong_tokens_are_unauthenticated_and_store_nothing() -> anyhow::Result<()> {
     let c = spawn_secured().await?;
@@ -164,7 +199,7 @@ async fn missing_or_wrong_tokens_are_unauthenticated_and_store_nothing() -> anyh
     let before = c.counts().await?;
     for token in [None, Some("not-the-token-0123456789"), Some(&ADMIN[..ADMIN.len() - 1])] {
         let results = call_all(&c, token, &ids).await;
-        assert_eq!(results.len(), 15, "every RPC of both services is tried");
+        assert_eq!(results.len(), 19, "every RPC of the three services is tried");
         for (method, result) in results {
             let (code, message) = result.unwrap_or_else(|| panic!("{method} with {token:?} was accepted"));
             assert_eq!(code, Code::Unauthenticated, "{method} with {token:?}: {message}");
@@ -198,10 +233,7 @@ async fn the_worker_token_works_for_workers_and_reads_but_not_admin_calls() -> a
                 assert!(message.contains(method) && message.contains("admin token"), "{method}: {message}");
             }
             // The stale attempt 99 is refused by the lease check, past auth.
-            Some((code, message)) => {
-                assert!(["FailJob", "CompleteJob"].contains(&method), "{method}: {code:?} {message}");
-                assert_eq!(code, Code::FailedPrecondition, "{method}: {message}");
-            }
+            Some((code, message)) => assert_past_auth(method, code, &message),
             None => assert!(!ADMIN_CALLS.contains(&method), "{method} accepted the worker token"),
         }
     }
@@ -224,8 +256,7 @@ async fn the_admin_token_may_call_everything() -> anyhow::Result<()> {
     let ids = setup(&c).await?;
     for (method, result) in call_all(&c, Some(ADMIN), &ids).await {
         if let Some((code, message)) = result {
-            assert!(["FailJob", "CompleteJob"].contains(&method), "{method}: {code:?} {message}");
-            assert_eq!(code, Code::FailedPrecondition, "{method}: {message}");
+            assert_past_auth(method, code, &message);
         }
     }
     let mut s = c.sweeps.clone();
