@@ -49,6 +49,8 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--attn", choices=["eager", "sdpa"], default="sdpa")
     ap.add_argument("--r", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3, help="AdamW lr (lorasweep bench train uses 1e-3)")
+    ap.add_argument("--clip", type=float, default=1.0, help="grad-norm clip before the step (0 = none)")
     args = ap.parse_args()
     if not args.bench:
         ap.error("pass --bench")
@@ -74,32 +76,46 @@ def main():
             p.data = p.data.float()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, eps=1e-8)
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, shape["vocab_size"], (args.batch, args.seq), generator=gen).to(args.device)
 
-    times, losses = [], []
-    for i in range(args.warmup + args.steps):
+    def sync():
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
+
+    times, fwd, bwd, opt_s, losses = [], [], [], [], []
+    for i in range(args.warmup + args.steps):
+        sync()
         t0 = time.perf_counter()
         with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
             loss = model(input_ids=ids, labels=ids).loss
+        loss_val = loss.item()  # the candle bench also reads the loss inside its forward time
+        sync()
+        t1 = time.perf_counter()
         loss.backward()
+        sync()
+        t2 = time.perf_counter()
+        if args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, args.clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        losses.append(loss.item())
+        sync()
+        t3 = time.perf_counter()
+        losses.append(loss_val)
         if i >= args.warmup:
-            times.append(dt)
+            times.append(t3 - t0)
+            fwd.append(t1 - t0)
+            bwd.append(t2 - t1)
+            opt_s.append(t3 - t2)
     med = statistics.median(times)
     tokens = args.batch * args.seq
     result = {
         "impl": "torch", "torch": torch.__version__, "shape": args.shape, "layers": shape["num_hidden_layers"],
         "seq": args.seq, "batch": args.batch, "threads": args.threads, "dtype": args.dtype, "attn": args.attn,
         "device": args.device, "lora_params": sum(p.numel() for p in params), "median_step_s": med,
+        "forward_s": statistics.median(fwd), "backward_s": statistics.median(bwd),
+        "optimizer_s": statistics.median(opt_s), "tokens_per_step": tokens,
         "tokens_per_s": tokens / med, "steps_s": times, "peak_rss_mib": peak_rss_mib(), "losses": losses,
     }
     print(f"torch {args.shape} (layers {result['layers']}, {args.batch}x{args.seq}, {args.threads} threads, "
