@@ -204,14 +204,6 @@ impl SweepSpec {
                 format!("{} is out of range; allowed: 0 ≤ ratio ≤ 1", t.warmup_ratio),
             ));
         }
-        if t.checkpoint_every != 0 {
-            // Refused rather than ignored: a user who asks for checkpoints must not believe a
-            // sweep is resumable when it is not.
-            return Err(fail(
-                "train.checkpoint_every",
-                "checkpoints are not implemented yet (the resume issue); allowed: 0".into(),
-            ));
-        }
         positive(fail, "train.max_grad_norm", t.max_grad_norm)?;
         positive(fail, "train.divergence_threshold", t.divergence_threshold)?;
         for (key, len) in [("grid.inits", g.inits.len()), ("grid.lrs", g.lrs.len()), ("grid.seeds", g.seeds.len())] {

@@ -248,6 +248,7 @@ fn max_steps_wrong_type() {
 }
 
 #[test]
-fn checkpoint_every_is_refused_until_checkpoints_exist() {
-    refused("[train]\ncheckpoint_every = 10\n", &["train.checkpoint_every", "not implemented"]);
+fn checkpoint_every_is_accepted() {
+    let spec = SweepSpec::parse("[train]\ncheckpoint_every = 10\n", "t.toml").expect("valid sweep");
+    assert!(spec.jobs().iter().all(|j| j.train.checkpoint_every == 10));
 }

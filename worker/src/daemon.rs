@@ -56,8 +56,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         .connect_timeout(CONNECT_TIMEOUT);
     // Lazy: the channel (re)connects on use, so a coordinator restart needs nothing from us.
     let client = WorkersClient::new(config.remote.authed(endpoint.connect_lazy()));
+    // Artifacts get their own channel without the per-call timeout: a large checkpoint may take
+    // longer than a control call is allowed to.
+    let artifacts = crate::checkpoint::ArtifactsClient::new(
+        config.remote.authed(config.remote.endpoint()?.connect_timeout(CONNECT_TIMEOUT).connect_lazy()),
+    );
 
-    let Some(mut ctx) = register(&config, &client, &shutdown).await else {
+    let Some(mut ctx) = register(&config, &client, &artifacts, &shutdown).await else {
         return Ok(());
     };
     let mut idle = Backoff::new(config.max_backoff);
@@ -84,7 +89,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
             Err(status) if status.code() == tonic::Code::NotFound => {
                 // The coordinator forgot us (a fresh database): register again.
                 tracing::warn!(error = %status.message(), "coordinator does not know this worker; registering again");
-                match register(&config, &client, &shutdown).await {
+                match register(&config, &client, &artifacts, &shutdown).await {
                     Some(c) => ctx = c,
                     None => break,
                 }
@@ -109,6 +114,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
 async fn register(
     config: &Config,
     client: &WorkersClient<Authed>,
+    artifacts: &crate::checkpoint::ArtifactsClient,
     shutdown: &CancellationToken,
 ) -> Option<JobContext> {
     let req = pb::RegisterWorkerRequest {
@@ -127,6 +133,7 @@ async fn register(
                     heartbeat_ms = heartbeat_every.as_millis() as u64, "registered with the coordinator");
                 return Some(JobContext {
                     client: client.clone(),
+                    artifacts: artifacts.clone(),
                     worker_id: resp.worker_id,
                     heartbeat_every,
                     max_backoff: config.max_backoff,

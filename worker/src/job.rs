@@ -23,6 +23,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    checkpoint::{self, ArtifactLink},
     connect::Authed,
     report::{self, ReportEnd, ReportTarget},
     rpc,
@@ -64,6 +65,10 @@ pub(crate) struct JobControl {
     total_known: Notify,
     /// When a shutting-down worker stops retrying; fixed the first time it is asked for.
     deadline: OnceLock<Instant>,
+    /// Points the reporter is done with (acknowledged by the coordinator, or refused): a
+    /// checkpoint is uploaded only once every point before it is, so a resumed attempt, which
+    /// emits only the points after its checkpoint, leaves no gap in the stored curve.
+    pub(crate) points_done: tokio::sync::watch::Sender<u64>,
 }
 
 impl JobControl {
@@ -76,6 +81,7 @@ impl JobControl {
             total: AtomicU64::new(0),
             total_known: Notify::new(),
             deadline: OnceLock::new(),
+            points_done: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -120,6 +126,8 @@ impl JobControl {
 struct ChannelProgress {
     tx: mpsc::Sender<LossPoint>,
     control: Arc<JobControl>,
+    /// Checkpoint/adapter uploads, resume downloads and warnings.
+    artifacts: ArtifactLink,
 }
 
 impl Progress for ChannelProgress {
@@ -134,10 +142,28 @@ impl Progress for ChannelProgress {
         }
         // An error means the reporter is gone because the job was dropped: nothing to do.
         let _ = self.tx.blocking_send(point);
+        self.artifacts.points_sent += 1;
     }
 
     fn cancelled(&self) -> bool {
         self.control.is_dropped() || self.control.shutdown.is_cancelled()
+    }
+
+    fn checkpoint(&mut self, step: u64, bytes: Vec<u8>) {
+        self.artifacts
+            .send(pb::ArtifactKind::Checkpoint, step, bytes);
+    }
+
+    fn final_adapter(&mut self, bytes: Vec<u8>) {
+        self.artifacts.send(pb::ArtifactKind::Adapter, 0, bytes);
+    }
+
+    fn resume_candidate(&mut self) -> Option<(u64, Vec<u8>)> {
+        self.artifacts.next_candidate()
+    }
+
+    fn warning(&mut self, message: String) {
+        self.artifacts.warning(message);
     }
 }
 
@@ -146,6 +172,8 @@ impl Progress for ChannelProgress {
 pub(crate) struct JobContext {
     /// The coordinator.
     pub(crate) client: pb::workers_client::WorkersClient<Authed>,
+    /// The coordinator's artifact store (checkpoints, adapters).
+    pub(crate) artifacts: crate::checkpoint::ArtifactsClient,
     /// This worker's id.
     pub(crate) worker_id: String,
     /// Heartbeat period from registration.
@@ -194,9 +222,29 @@ pub(crate) async fn run_job(
         heartbeat_done.clone(),
     ));
 
+    let (upload_tx, upload_rx) = mpsc::channel(checkpoint::UPLOAD_CHANNEL);
+    let artifact_target = checkpoint::Target {
+        client: ctx.artifacts.clone(),
+        worker_id: ctx.worker_id.clone(),
+        job_id: job_id.clone(),
+        attempt,
+        max_backoff: ctx.max_backoff,
+    };
+    let uploader = tokio::spawn(checkpoint::run_uploader(
+        artifact_target.clone(),
+        upload_rx,
+        control.clone(),
+    ));
     let mut progress = ChannelProgress {
         tx,
         control: control.clone(),
+        artifacts: ArtifactLink {
+            target: artifact_target,
+            uploads: upload_tx,
+            runtime: tokio::runtime::Handle::current(),
+            pending: None,
+            points_sent: 0,
+        },
     };
     let training = tokio::task::spawn_blocking(move || {
         let mut trainer = trainer;
@@ -212,6 +260,8 @@ pub(crate) async fn run_job(
         ),
     };
     let reported = reporter.await.unwrap_or(ReportEnd::GaveUp);
+    // The final adapter is stored before the job completes (or the attempt is given up).
+    let _ = uploader.await;
 
     if reported == ReportEnd::Flushed && control.reason().is_none() {
         // Short jobs can end before the timer's first heartbeat carried the step count; one

@@ -6,12 +6,14 @@
 //! - [`daemon`]: [`run`], the register → lease → run loop.
 //! - `job`: one attempt: trainer thread, heartbeat, final report.
 //! - `report`: the bounded point channel → client-streaming `ReportPoints` shipper.
+//! - `checkpoint`: checkpoint and adapter transfer to and from the coordinator's artifact store.
 //! - `rpc`: error classes and backoff for coordinator calls.
 //! - [`synthetic`]: a deterministic trainer with study-shaped curves, for tests and demos.
 //! - [`trainer`]: the [`trainer::Trainer`] trait between the async daemon and synchronous training.
 //! - [`train`]: the candle Qwen2 + LoRA trainer.
 //! - [`error`]: what can stop the daemon, [`WorkerError`].
 
+mod checkpoint;
 pub mod config;
 pub mod connect;
 pub mod daemon;

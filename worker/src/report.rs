@@ -134,6 +134,7 @@ async fn flush_once(
     match client.report_points(tokio_stream::iter(messages)).await {
         Ok(resp) => {
             tracing::debug!(job_id = %target.job_id, committed = resp.get_ref().committed, "points acknowledged");
+            control.points_done.send_modify(|n| *n += pending.len() as u64);
             pending.clear();
             backoff.reset();
         }
@@ -153,6 +154,7 @@ async fn flush_once(
             // same batch forever would stall the job, so they are logged and discarded.
             tracing::error!(job_id = %target.job_id, discarded = pending.len(), code = ?status.code(),
                 error = %status.message(), "coordinator refused points");
+            control.points_done.send_modify(|n| *n += pending.len() as u64);
             pending.clear();
         }
     }

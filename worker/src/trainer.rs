@@ -41,6 +41,11 @@ pub trait Progress {
     fn resume_candidate(&mut self) -> Option<(u64, Vec<u8>)> {
         None
     }
+    /// The run's final adapter, serialised by [`crate::train::checkpoint::adapter_artifact`],
+    /// handed over after a run that ended without error. The default drops it.
+    fn final_adapter(&mut self, bytes: Vec<u8>) {
+        let _ = bytes;
+    }
     /// Something the job's owner should see (e.g. a checkpoint that could not be used). The
     /// default logs it.
     fn warning(&mut self, message: String) {

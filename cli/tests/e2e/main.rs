@@ -8,5 +8,6 @@ mod faults;
 mod grid;
 mod helpers;
 mod output;
+mod resume;
 mod steer;
 mod tls;

@@ -227,3 +227,59 @@ impl Checkpoint {
         self.state.last_eval.map(|(s, bits)| (s, f64::from_bits(bits)))
     }
 }
+
+/// The metadata key of an adapter artifact holding `adapter_config.json`.
+pub const ADAPTER_CONFIG_KEY: &str = "lorasweep_adapter_config";
+
+/// A job's final adapter as one file: exactly PEFT's `adapter_model.safetensors` (f32
+/// `….lora_{A,B}.weight`, metadata `format: pt`) plus the `adapter_config.json` text under
+/// [`ADAPTER_CONFIG_KEY`], so one artifact carries the whole PEFT directory.
+///
+/// # Errors
+/// Tensor errors; [`TrainError::Invalid`] if serialisation fails.
+pub fn adapter_artifact(
+    ads: &Adapters,
+    spec: &lorasweep_common::job::LoraSpec,
+    base_model: &str,
+) -> Result<Vec<u8>, TrainError> {
+    let mut raw: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for ad in &ads.list {
+        let prefix = peft_prefix(ad.layer, ad.module);
+        for (part, var) in [("lora_A", &ad.a), ("lora_B", &ad.b)] {
+            let (shape, v) = host(var.as_tensor())?;
+            raw.push((format!("{prefix}.{part}.weight"), shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+        }
+    }
+    let views = raw
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| bad(format!("{name}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = serde_json::to_string_pretty(&super::adapter::adapter_config(spec, base_model)).map_err(bad)?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string()), (ADAPTER_CONFIG_KEY.to_string(), config)]);
+    safetensors::serialize(views, Some(meta)).map_err(bad)
+}
+
+/// Writes an [`adapter_artifact`] as a PEFT directory: `adapter_model.safetensors` (the bytes as
+/// they are) and `adapter_config.json` (from the metadata), creating `dir`.
+///
+/// # Errors
+/// [`TrainError::Invalid`] if the bytes are not an adapter artifact; [`TrainError::Io`].
+pub fn write_adapter_dir(bytes: &[u8], dir: &std::path::Path) -> Result<(), TrainError> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("adapter: {e}")))?;
+    let config = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(ADAPTER_CONFIG_KEY))
+        .ok_or_else(|| bad(format!("adapter: no {ADAPTER_CONFIG_KEY:?} metadata")))?
+        .clone();
+    let io = |path: std::path::PathBuf| move |source| TrainError::Io { path: path.display().to_string(), source };
+    std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+    let cfg = dir.join(super::adapter::CONFIG_FILE);
+    std::fs::write(&cfg, config + "\n").map_err(io(cfg.clone()))?;
+    let weights = dir.join(super::adapter::WEIGHTS_FILE);
+    std::fs::write(&weights, bytes).map_err(io(weights.clone()))
+}

@@ -199,6 +199,7 @@ impl CandleTrainer {
         if let Some(dir) = save_adapter {
             adapter::save(dir, &ads, &job.lora, &job.model.path)?;
         }
+        progress.final_adapter(super::checkpoint::adapter_artifact(&ads, &job.lora, &job.model.path)?);
         tracing::info!(final_eval_loss = ?out.final_eval_loss, diverged = out.diverged, seconds = out.seconds, "finished");
         Ok(out)
     }

@@ -1,0 +1,142 @@
+//! A real (candle, tiny model) job whose worker is SIGKILLed after a checkpoint was uploaded:
+//! the job is requeued, a second worker downloads the latest checkpoint and resumes, and the
+//! stored curve, final eval loss and final adapter are bit-identical to a fault-free run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lorasweep_common::{LossPoint, Series, SweepSpec};
+use lorasweep_proto::pb::{self, artifacts_client::ArtifactsClient};
+use lorasweep_worker::trainer::Progress;
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{self, Proc, await_condition, await_sweep_done, clients, spawn_coordinator};
+
+fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../worker/tests/fixtures").join(name).display().to_string()
+}
+
+/// One cell on the tiny fixture, long enough (10 epochs, 220 steps) to be killed mid-run.
+fn sweep_toml() -> String {
+    format!(
+        "[model]\npath = {:?}\ndtype = \"f32\"\n[data]\npath = {:?}\nmax_length = 64\nshuffle = true\n\
+         [lora]\nr = 4\nalpha = 8.0\ndropout = 0.1\ntargets = [\"q_proj\", \"v_proj\"]\n\
+         [train]\nmicro_batch = 2\ngrad_accum = 2\nepochs = 10\neval_every = 16\ncheckpoint_every = 10\n\
+         divergence_threshold = 100.0\n[grid]\ninits = [\"ortho-qr-const\"]\nlrs = [5e-3]\nseeds = [3]\n",
+        fixture("tiny-qwen2"),
+        fixture("tiny-data")
+    )
+}
+
+/// Collects a local run's points and final adapter.
+#[derive(Default)]
+struct Local {
+    points: Vec<LossPoint>,
+    adapter: Vec<u8>,
+}
+
+impl Progress for Local {
+    fn total_steps(&mut self, _: u64) {}
+    fn point(&mut self, p: LossPoint) {
+        self.points.push(p);
+    }
+    fn cancelled(&self) -> bool {
+        false
+    }
+    fn final_adapter(&mut self, bytes: Vec<u8>) {
+        self.adapter = bytes;
+    }
+}
+
+fn worker(url: &str, name: &str, log: PathBuf) -> anyhow::Result<Proc> {
+    Proc::start(&["--coordinator", url, "worker", "--name", name, "--trainer", "candle"], log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_candle_worker_resumes_from_its_checkpoint_bit_for_bit() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let coordinator = spawn_coordinator(dir.path(), Duration::from_secs(2)).await?;
+    let (mut sweeps, _) = clients(&coordinator.url).await?;
+    let toml = sweep_toml();
+    let sweep = helpers::submit(&mut sweeps, &toml).await?;
+    let job_id = helpers::jobs(&mut sweeps, &sweep).await?[0].id.clone();
+    let channel = tonic::transport::Channel::from_shared(coordinator.url.clone())?.connect().await?;
+    let artifacts = ArtifactsClient::new(channel);
+
+    // The fault-free reference, in this process, while the first worker runs.
+    let spec = SweepSpec::parse(&toml, "t.toml")?.jobs().remove(0);
+    let reference = tokio::task::spawn_blocking(move || -> anyhow::Result<Local> {
+        let mut local = Local::default();
+        lorasweep_worker::train::train_local(&spec, &Default::default(), &mut local)?;
+        Ok(local)
+    });
+
+    let mut first = worker(&coordinator.url, "doomed", dir.path().join("doomed.log"))?;
+    let list = |kind: pb::ArtifactKind| {
+        let (mut a, job_id) = (artifacts.clone(), job_id.clone());
+        async move {
+            let req = pb::ListArtifactsRequest { job_id, kind: kind as i32 };
+            anyhow::Ok(a.list_artifacts(req).await?.into_inner().artifacts)
+        }
+    };
+    let killed_at = await_condition("a checkpoint upload", Duration::from_secs(60), || async {
+        Ok(list(pb::ArtifactKind::Checkpoint).await?.first().map(|a| a.step))
+    })
+    .await?;
+    first.kill9().await?;
+    let log1 = first.log_text();
+    assert!(!log1.contains("resuming from checkpoint"), "{log1}");
+
+    let mut second = worker(&coordinator.url, "rescuer", dir.path().join("rescuer.log"))?;
+    let jobs = await_sweep_done(&sweeps, &sweep, Duration::from_secs(120)).await?;
+    let log2 = second.log_text();
+    second.kill9().await?;
+    let job = &jobs[0];
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}\n{log2}");
+    assert_eq!(job.attempt, 2, "the job was re-leased once");
+    assert!(log2.contains("resuming from checkpoint"), "{log2}");
+
+    let reference = reference.await??;
+    // Final eval loss and the whole stored curve equal the fault-free run's, bit for bit.
+    let want_final = reference.points.iter().rev().find(|p| p.series == Series::Eval).map(|p| p.loss.to_bits());
+    assert_eq!(job.final_eval_loss.map(f64::to_bits), want_final);
+    let curve = sweeps.get_curve(pb::GetCurveRequest { job_id: job.id.clone() }).await?.into_inner();
+    let series = |s: Series| -> Vec<(u64, u64)> {
+        reference.points.iter().filter(|p| p.series == s).map(|p| (p.step, p.loss.to_bits())).collect()
+    };
+    let got_train: Vec<(u64, u64)> =
+        curve.train_steps.iter().zip(&curve.train_losses).map(|(s, l)| (*s, l.to_bits())).collect();
+    let got_eval: Vec<(u64, u64)> =
+        curve.eval_steps.iter().zip(&curve.eval_losses).map(|(s, l)| (*s, l.to_bits())).collect();
+    assert_eq!(got_train, series(Series::Train));
+    assert_eq!(got_eval, series(Series::Eval));
+
+    // The final adapter is stored (intact) and holds exactly the fault-free run's tensors.
+    let stored = list(pb::ArtifactKind::Adapter).await?;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let req = pb::DownloadArtifactRequest { job_id: job.id.clone(), kind: pb::ArtifactKind::Adapter as i32, step: 0 };
+    let mut stream = artifacts.clone().download_artifact(req).await?.into_inner();
+    let mut adapter = Vec::new();
+    while let Some(msg) = stream.message().await? {
+        if let Some(pb::download_artifact_response::Part::Chunk(c)) = msg.part {
+            adapter.extend(c);
+        }
+    }
+    let sha: String = Sha256::digest(&adapter).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(sha, stored[0].sha256);
+    let (got, want) =
+        (safetensors::SafeTensors::deserialize(&adapter)?, safetensors::SafeTensors::deserialize(&reference.adapter)?);
+    let mut names = want.names();
+    names.sort();
+    let mut got_names = got.names();
+    got_names.sort();
+    assert_eq!(got_names, names);
+    for name in names {
+        assert_eq!(got.tensor(name)?.data(), want.tensor(name)?.data(), "{name}");
+    }
+    let checkpoints = list(pb::ArtifactKind::Checkpoint).await?;
+    assert!(checkpoints.iter().all(|c| c.step > killed_at || c.attempt == 1), "{checkpoints:?}");
+    assert!(checkpoints.iter().any(|c| c.attempt == 2), "the resumed attempt checkpoints too");
+    coordinator.stop().await?;
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! Moving a job's checkpoints and final adapter between the trainer thread and the
+//! coordinator's `Artifacts` service.
+//!
+//! - Uploads: the trainer thread hands serialised artifacts to [`run_uploader`] through a
+//!   bounded channel ([`UPLOAD_CHANNEL`]); the trainer blocks only when uploads fall behind by
+//!   more than that. Each upload is chunked ([`CHUNK_BYTES`]) and carries its size and SHA-256.
+//! - Resume: [`ArtifactLink::next_candidate`] (called on the trainer thread) lists the job's
+//!   checkpoints once, then downloads them newest first, checking the SHA-256; a corrupt or
+//!   missing one is reported as a job warning and the next older one is tried.
+
+use std::{sync::Arc, time::Duration};
+
+use lorasweep_proto::pb;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::{
+    connect::Authed,
+    job::{JobControl, StopReason},
+    rpc,
+};
+
+/// The artifact client as the daemon connects it.
+pub(crate) type ArtifactsClient = pb::artifacts_client::ArtifactsClient<Authed>;
+
+/// Bytes per upload message (the coordinator accepts at most 1 MiB).
+pub(crate) const CHUNK_BYTES: usize = 1 << 20;
+
+/// Artifacts waiting for upload before the trainer blocks: one being sent, one queued.
+pub(crate) const UPLOAD_CHANNEL: usize = 1;
+
+/// How long one upload is retried while the coordinator is unreachable before it is given up
+/// (a later checkpoint supersedes it anyway).
+const UPLOAD_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How long a warning is tried before it is only logged.
+const WARNING_PATIENCE: Duration = Duration::from_secs(10);
+
+/// One artifact to upload.
+#[derive(Debug)]
+pub(crate) struct Upload {
+    pub(crate) kind: pb::ArtifactKind,
+    pub(crate) step: u64,
+    pub(crate) bytes: Vec<u8>,
+    /// Points the trainer had emitted when it handed this over; uploaded only after the
+    /// reporter is done with that many (see `JobControl::points_done`).
+    pub(crate) after_points: u64,
+}
+
+/// A job attempt's connection to the artifact store.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) client: ArtifactsClient,
+    pub(crate) worker_id: String,
+    pub(crate) job_id: String,
+    pub(crate) attempt: u32,
+    pub(crate) max_backoff: Duration,
+}
+
+/// Lowercase hex SHA-256.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Target {
+    /// Uploads one artifact (one attempt of the call).
+    async fn upload_once(&self, u: &Upload) -> Result<(), Status> {
+        let meta = pb::UploadArtifactMeta {
+            worker_id: self.worker_id.clone(),
+            job_id: self.job_id.clone(),
+            attempt: self.attempt,
+            kind: u.kind as i32,
+            step: u.step,
+            size: u.bytes.len() as u64,
+            sha256: sha256_hex(&u.bytes),
+        };
+        let first = pb::UploadArtifactRequest { part: Some(pb::upload_artifact_request::Part::Meta(meta)) };
+        let chunks = u
+            .bytes
+            .chunks(CHUNK_BYTES)
+            .map(|c| pb::UploadArtifactRequest { part: Some(pb::upload_artifact_request::Part::Chunk(c.to_vec())) })
+            .collect::<Vec<_>>();
+        let stream = tokio_stream::iter(std::iter::once(first).chain(chunks));
+        self.client.clone().upload_artifact(stream).await.map(|_| ())
+    }
+
+    /// Uploads one artifact, retrying while the coordinator is unreachable.
+    pub(crate) async fn upload(&self, u: &Upload) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + UPLOAD_PATIENCE;
+        rpc::retry("UploadArtifact", self.max_backoff, Some(deadline), || self.upload_once(u)).await
+    }
+
+    /// The job's checkpoint steps, newest first.
+    pub(crate) async fn checkpoint_steps(&self) -> Result<Vec<u64>, Status> {
+        let req = pb::ListArtifactsRequest { job_id: self.job_id.clone(), kind: pb::ArtifactKind::Checkpoint as i32 };
+        let deadline = tokio::time::Instant::now() + UPLOAD_PATIENCE;
+        let resp = rpc::retry("ListArtifacts", self.max_backoff, Some(deadline), || {
+            let mut client = self.client.clone();
+            let req = req.clone();
+            async move { client.list_artifacts(req).await }
+        })
+        .await?;
+        Ok(resp.into_inner().artifacts.iter().map(|a| a.step).collect())
+    }
+
+    /// Downloads one artifact and checks its size and SHA-256 against what the store recorded.
+    ///
+    /// # Errors
+    /// A message naming the failed call or the mismatch.
+    pub(crate) async fn download(&self, kind: pb::ArtifactKind, step: u64) -> Result<Vec<u8>, String> {
+        let req = pb::DownloadArtifactRequest { job_id: self.job_id.clone(), kind: kind as i32, step };
+        let mut stream = self
+            .client
+            .clone()
+            .download_artifact(req)
+            .await
+            .map_err(|s| format!("download: {}", s.message()))?
+            .into_inner();
+        let (mut meta, mut bytes) = (None, Vec::new());
+        while let Some(msg) = stream.message().await.map_err(|s| format!("download: {}", s.message()))? {
+            match msg.part {
+                Some(pb::download_artifact_response::Part::Meta(m)) => {
+                    bytes.reserve(m.size as usize);
+                    meta = Some(m);
+                }
+                Some(pb::download_artifact_response::Part::Chunk(c)) => bytes.extend_from_slice(&c),
+                None => {}
+            }
+        }
+        let meta = meta.ok_or("download: no meta message")?;
+        let got = sha256_hex(&bytes);
+        if bytes.len() as u64 != meta.size || got != meta.sha256 {
+            return Err(format!(
+                "sha256 mismatch: got {} bytes hashing to {got}, stored {} bytes hashing to {}",
+                bytes.len(),
+                meta.size,
+                meta.sha256
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Records a warning in the job's events (best effort; always logged).
+    pub(crate) async fn warn(&self, message: String) {
+        tracing::warn!(job_id = %self.job_id, attempt = self.attempt, "{message}");
+        let req = pb::ReportJobWarningRequest {
+            worker_id: self.worker_id.clone(),
+            job_id: self.job_id.clone(),
+            attempt: self.attempt,
+            message,
+        };
+        let deadline = tokio::time::Instant::now() + WARNING_PATIENCE;
+        let sent = rpc::retry("ReportJobWarning", self.max_backoff, Some(deadline), || {
+            let mut client = self.client.clone();
+            let req = req.clone();
+            async move { client.report_job_warning(req).await }
+        })
+        .await;
+        if let Err(status) = sent {
+            tracing::warn!(code = ?status.code(), error = %status.message(), "warning not recorded");
+        }
+    }
+}
+
+/// Uploads what arrives on `rx` until the channel closes (the trainer finished). Returns false if
+/// an upload was given up. A refusal saying the lease is gone stops the attempt.
+pub(crate) async fn run_uploader(target: Target, mut rx: mpsc::Receiver<Upload>, control: Arc<JobControl>) -> bool {
+    let mut all = true;
+    while let Some(u) = rx.recv().await {
+        if control.is_dropped() {
+            continue; // drain, so the trainer never blocks on a dropped job
+        }
+        let mut done = control.points_done.subscribe();
+        tokio::select! {
+            () = control.dropped() => continue,
+            _ = done.wait_for(|n| *n >= u.after_points) => {}
+        }
+        let t0 = std::time::Instant::now();
+        match target.upload(&u).await {
+            Ok(()) => tracing::info!(
+                job_id = %target.job_id, kind = ?u.kind, step = u.step, bytes = u.bytes.len(),
+                seconds = t0.elapsed().as_secs_f64(), "artifact uploaded"
+            ),
+            Err(status) if rpc::is_lease_lost(&status) => {
+                tracing::warn!(job_id = %target.job_id, error = %status.message(), "upload refused: lease lost");
+                control.stop(StopReason::LeaseLost);
+            }
+            Err(status) => {
+                all = false;
+                tracing::warn!(job_id = %target.job_id, kind = ?u.kind, step = u.step, code = ?status.code(),
+                    error = %status.message(), "upload given up");
+            }
+        }
+    }
+    all
+}
+
+/// The trainer thread's side: uploads through the channel, resume candidates and warnings by
+/// blocking on the runtime (the trainer thread is a `spawn_blocking` thread, never async).
+#[derive(Debug)]
+pub(crate) struct ArtifactLink {
+    pub(crate) target: Target,
+    pub(crate) uploads: mpsc::Sender<Upload>,
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// Checkpoint steps not yet tried, newest first; `None` until listed.
+    pub(crate) pending: Option<Vec<u64>>,
+    /// Points the trainer has emitted so far.
+    pub(crate) points_sent: u64,
+}
+
+impl ArtifactLink {
+    /// Queues an upload; blocks while the uploader is behind.
+    pub(crate) fn send(&self, kind: pb::ArtifactKind, step: u64, bytes: Vec<u8>) {
+        // An error means the uploader is gone because the job was dropped: nothing to do.
+        let _ = self.uploads.blocking_send(Upload { kind, step, bytes, after_points: self.points_sent });
+    }
+
+    /// The next checkpoint to try, newest first, skipping (with a job warning) any that cannot
+    /// be downloaded intact.
+    pub(crate) fn next_candidate(&mut self) -> Option<(u64, Vec<u8>)> {
+        let target = self.target.clone();
+        if self.pending.is_none() {
+            let listed = self.runtime.block_on(target.checkpoint_steps());
+            self.pending = Some(match listed {
+                Ok(steps) => steps,
+                Err(status) => {
+                    self.warning(format!("could not list checkpoints ({}); starting at step 0", status.message()));
+                    Vec::new()
+                }
+            });
+        }
+        while let Some(step) = self.pending.as_mut().and_then(|p| (!p.is_empty()).then(|| p.remove(0))) {
+            match self.runtime.block_on(target.download(pb::ArtifactKind::Checkpoint, step)) {
+                Ok(bytes) => return Some((step, bytes)),
+                Err(e) => self.warning(format!("checkpoint at step {step} not usable ({e}); trying an older one")),
+            }
+        }
+        None
+    }
+
+    /// Records a warning in the job's events.
+    pub(crate) fn warning(&self, message: String) {
+        self.runtime.block_on(self.target.warn(message));
+    }
+}
