@@ -95,7 +95,7 @@ impl Workers for WorkersService {
         let lease = self.store.lease(worker_id.clone()).await?;
         self.metrics.lease_call(lease.is_some(), started.elapsed());
         if let Some(l) = &lease {
-            tracing::Span::current().record("job_id", l.id.as_str());
+            tracing::Span::current().record("job_id", tracing::field::display(&l.id));
             tracing::info!(attempt = l.attempt, "job leased");
         }
         Ok(Response::new(pb::LeaseJobResponse {
@@ -139,7 +139,9 @@ impl Workers for WorkersService {
                 None => {
                     let job_id = require_id(&msg.job_id, "job_id")?;
                     let attempt = require_attempt(msg.attempt)?;
-                    tracing::Span::current().record("job_id", job_id.as_str()).record("attempt", attempt);
+                    tracing::Span::current()
+                        .record("job_id", tracing::field::display(&job_id))
+                        .record("attempt", attempt);
                     lease = Some((job_id.clone(), attempt));
                     (job_id, attempt)
                 }
@@ -191,6 +193,7 @@ impl Workers for WorkersService {
             join_one(&mut in_flight).await?;
         }
         self.metrics.points_ingested(committed);
+        tracing::debug!(committed, "points committed");
         Ok(Response::new(pb::ReportPointsResponse { committed }))
     }
 

@@ -11,4 +11,5 @@ mod malformed;
 mod metrics;
 mod restart;
 mod security;
+mod spans;
 mod tls;
