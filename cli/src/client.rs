@@ -29,6 +29,14 @@ pub(crate) fn configure(args: ConnectArgs) {
 /// When `url` is not a URL, the token or CA cannot be read, or nothing answers there; the
 /// message names the URL or the flag.
 pub(crate) async fn connect(url: &str) -> anyhow::Result<Client> {
+    Ok(SweepsClient::new(authed(url).await?))
+}
+
+/// The channel [`connect`] uses, for clients of the other services.
+///
+/// # Errors
+/// As [`connect`].
+pub(crate) async fn authed(url: &str) -> anyhow::Result<Authed> {
     let remote = Remote::new(url, CONNECT.get_or_init(ConnectArgs::default))?;
     let endpoint = remote
         .endpoint()
@@ -42,7 +50,7 @@ pub(crate) async fn connect(url: &str) -> anyhow::Result<Client> {
             "cannot connect to the coordinator at {url}: {cause} (is `lorasweep-coordinator` running there? set --coordinator or LORASWEEP_COORDINATOR)"
         )
     })?;
-    Ok(SweepsClient::new(remote.authed(channel)))
+    Ok(remote.authed(channel))
 }
 
 /// Turns a failed call into an error saying what was attempted and what the coordinator said.

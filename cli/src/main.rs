@@ -3,6 +3,7 @@
 
 mod bench_coordinator;
 mod client;
+mod cmd_adapter;
 mod cmd_bench_train;
 mod cmd_demo;
 mod cmd_jobs;
@@ -43,6 +44,8 @@ enum Command {
     Jobs(cmd_jobs::JobsArgs),
     /// Print a job's loss curves.
     Curve(cmd_jobs::CurveArgs),
+    /// Write a finished job's final adapter as a PEFT directory.
+    Adapter(cmd_adapter::AdapterArgs),
     /// List registered workers.
     Workers(cmd_jobs::WorkersArgs),
     /// Follow a sweep with progress bars until it finishes.
@@ -107,6 +110,7 @@ fn main() -> anyhow::Result<()> {
         Command::Status(args) => rt()?.block_on(cmd_sweeps::status(url, args)),
         Command::Jobs(args) => rt()?.block_on(cmd_jobs::jobs(url, args)),
         Command::Curve(args) => rt()?.block_on(cmd_jobs::curve(url, args)),
+        Command::Adapter(args) => rt()?.block_on(cmd_adapter::run(url, args)),
         Command::Workers(args) => rt()?.block_on(cmd_jobs::workers(url, args)),
         Command::Watch(args) => rt()?.block_on(cmd_watch::watch(url, args)),
         Command::Cancel(args) => rt()?.block_on(cmd_sweeps::cancel(url, args)),

@@ -134,6 +134,14 @@ async fn a_killed_candle_worker_resumes_from_its_checkpoint_bit_for_bit() -> any
     for name in names {
         assert_eq!(got.tensor(name)?.data(), want.tensor(name)?.data(), "{name}");
     }
+    // `lorasweep adapter` writes it as a PEFT directory.
+    let out = dir.path().join("adapter");
+    helpers::cli_ok(&coordinator.url, &["adapter", &job.id, "--out", out.to_str().expect("utf-8")]).await?;
+    assert_eq!(std::fs::read(out.join("adapter_model.safetensors"))?, adapter);
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json"))?)?;
+    assert_eq!((config["r"].as_u64(), config["peft_type"].as_str()), (Some(4), Some("LORA")));
+    let err = helpers::cli(&coordinator.url, &["adapter", "no-such-job", "--out", "x"]).await?;
+    assert!(!err.status.success());
     let checkpoints = list(pb::ArtifactKind::Checkpoint).await?;
     assert!(checkpoints.iter().all(|c| c.step > killed_at || c.attempt == 1), "{checkpoints:?}");
     assert!(checkpoints.iter().any(|c| c.attempt == 2), "the resumed attempt checkpoints too");
