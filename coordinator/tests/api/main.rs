@@ -11,5 +11,4 @@ mod malformed;
 mod metrics;
 mod restart;
 mod security;
-mod spans;
 mod tls;

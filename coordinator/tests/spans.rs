@@ -1,5 +1,9 @@
 //! Tracing: the log lines of job-scoped calls carry the job and worker ids in their span, so one
 //! job's story can be grepped out of a busy coordinator's log.
+//!
+//! A binary of its own: the test installs a thread-local subscriber, and tracing caches per
+//! call site whether anyone listens, which other tests running in parallel threads of the same
+//! process would race with.
 
 use std::{
     io::Write,
@@ -8,7 +12,11 @@ use std::{
 
 use lorasweep_proto::pb;
 
-use crate::helpers::*;
+#[allow(dead_code, unreachable_pub)]
+#[path = "api/helpers.rs"]
+mod helpers;
+
+use helpers::*;
 
 /// An in-memory log the subscriber writes to.
 #[derive(Clone, Default)]
