@@ -3,6 +3,7 @@
 //! binary. One integration binary, so the workspace links once.
 
 mod auth;
+mod chaos;
 mod demo;
 mod faults;
 mod grid;
