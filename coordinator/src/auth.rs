@@ -251,6 +251,35 @@ mod tests {
         assert_eq!(check(&Tokens::default(), "/lorasweep.v1.Sweeps/SubmitSweep", None).map_err(|s| s.code()), Ok(()));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+        /// Any header on any path: no panic, and only the exact tokens (after `Bearer `) pass.
+        #[test]
+        fn only_the_exact_tokens_pass(
+            header in proptest::option::of(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)),
+            near in proptest::collection::vec((0usize..40, proptest::prelude::any::<u8>()), 0..3),
+            path in "/lorasweep\\.v1\\.(Sweeps|Workers|Artifacts|Other)/[A-Za-z]{0,14}",
+        ) {
+            let t = tokens();
+            let exact = header.as_deref().is_some_and(|h| {
+                let token = h.strip_prefix(b"Bearer ").or_else(|| h.strip_prefix(b"bearer "));
+                token == Some(ADMIN.as_bytes()) || token == Some(WORKER.as_bytes())
+            });
+            let passed = check(&t, &path, header.as_deref()).is_ok();
+            proptest::prop_assert!(!passed || exact, "header {:?} passed on {}", header, path);
+            // Tokens with a few bytes changed never pass.
+            let mut mutated = format!("Bearer {ADMIN}").into_bytes();
+            for &(i, b) in &near {
+                let i = 7 + i % ADMIN.len();
+                mutated[i] = b;
+            }
+            if mutated != format!("Bearer {ADMIN}").into_bytes() && mutated != format!("Bearer {WORKER}").into_bytes() {
+                proptest::prop_assert!(check(&t, &path, Some(&mutated)).is_err());
+            }
+        }
+    }
+
     #[test]
     fn bad_tokens_are_refused_and_never_printed() {
         for bad in
