@@ -4,6 +4,7 @@
 mod bench_coordinator;
 mod client;
 mod cmd_adapter;
+mod cmd_generate;
 mod cmd_bench_train;
 mod cmd_demo;
 mod cmd_jobs;
@@ -73,6 +74,8 @@ enum Command {
     },
     /// Train one job locally, without a coordinator.
     Train(cmd_train::TrainArgs),
+    /// Sample text from a base model with an adapter merged in.
+    Generate(cmd_generate::GenerateArgs),
     /// Write a tiny random Qwen2 model (config, safetensors, tokenizer) for tests and the demo.
     MakeTinyModel(cmd_tiny::MakeTinyModelArgs),
     /// Write small synthetic data in the no_robots format.
@@ -125,6 +128,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench { which: BenchCommand::Train(args) } => cmd_bench_train::run(args),
         Command::Train(args) => cmd_train::run(args),
+        Command::Generate(args) => cmd_generate::run(args),
         Command::MakeTinyModel(args) => cmd_tiny::run_model(args),
         Command::MakeTinyData(args) => cmd_tiny::run_data(args),
     }

@@ -140,6 +140,12 @@ async fn a_killed_candle_worker_resumes_from_its_checkpoint_bit_for_bit() -> any
     assert_eq!(std::fs::read(out.join("adapter_model.safetensors"))?, adapter);
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json"))?)?;
     assert_eq!((config["r"].as_u64(), config["peft_type"].as_str()), (Some(4), Some("LORA")));
+    // ... which `lorasweep generate` merges and samples from.
+    let model = fixture("tiny-qwen2");
+    let args = ["generate", "--model", &model, "--adapter", out.to_str().expect("utf-8"), "--max-new-tokens", "8"];
+    let text = helpers::cli_ok(&coordinator.url, &[&args[..], &["hello there"]].concat()).await?;
+    let again = helpers::cli_ok(&coordinator.url, &[&args[..], &["hello there"]].concat()).await?;
+    assert_eq!(text, again, "greedy generation is deterministic");
     let err = helpers::cli(&coordinator.url, &["adapter", "no-such-job", "--out", "x"]).await?;
     assert!(!err.status.success());
     let checkpoints = list(pb::ArtifactKind::Checkpoint).await?;

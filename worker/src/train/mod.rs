@@ -12,6 +12,7 @@
 //! - [`run`]: the training loop (eval cadence, accumulation, stepping, divergence).
 //! - [`adapter`]: PEFT adapter directories (save and load).
 //! - [`checkpoint`]: resumable training state (adapters, AdamW moments, loop position).
+//! - [`generate`]: sampling text with an adapter merged into the base (`lorasweep generate`).
 //! - [`bench`]: random-weight training-step benchmark at real model shapes.
 //! - [`local`]: [`CandleTrainer`] (the daemon's trainer, base model resident across jobs) and [`train_local`].
 //! - [`tiny`]: generated tiny Qwen2 checkpoints and no_robots-format data for tests and the demo.
@@ -21,6 +22,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod frozen;
+pub mod generate;
 pub mod init;
 pub mod local;
 pub mod lora;
