@@ -260,8 +260,17 @@ pub(crate) async fn run_job(
         ),
     };
     let reported = reporter.await.unwrap_or(ReportEnd::GaveUp);
-    // The final adapter is stored before the job completes (or the attempt is given up).
-    let _ = uploader.await;
+    // The final adapter is stored before the job completes. Uploads wait for the points before
+    // them, so if those were not all delivered the uploader would wait forever: stop it. A
+    // shutting-down worker waits for it at most the shutdown grace.
+    if reported != ReportEnd::Flushed {
+        uploader.abort();
+    }
+    if ctx.shutdown.is_cancelled() {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, uploader).await;
+    } else {
+        let _ = uploader.await;
+    }
 
     if reported == ReportEnd::Flushed && control.reason().is_none() {
         // Short jobs can end before the timer's first heartbeat carried the step count; one
