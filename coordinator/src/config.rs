@@ -207,6 +207,26 @@ impl TryFrom<Cli> for Config {
     }
 }
 
+/// A token file others on the host can read hands them the token; say so (not fatal: shared
+/// storage often cannot express tighter modes).
+fn warn_if_readable_by_others(path: &Path, flag: &str) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                file = %path.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "{flag}: the token file is readable by group or others; chmod 600 it"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, flag);
+}
+
 fn invalid(message: String) -> crate::Error {
     crate::Error::InvalidArgument(message)
 }
@@ -223,6 +243,7 @@ fn token(file: Option<&Path>, value: Option<String>, flag: &str, var: &str) -> R
         }
         (Some(path), None) => {
             let text = std::fs::read_to_string(path).map_err(|e| invalid(format!("{flag} {}: {e}", path.display())))?;
+            warn_if_readable_by_others(path, flag);
             (text, format!("{flag} {}", path.display()))
         }
         (None, Some(value)) => (value, var.to_string()),
