@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use lorasweep_coordinator::{Cli, Config, serve_with_metrics};
+use lorasweep_coordinator::{Cli, Config, check_exposure, serve_with_metrics};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -15,6 +15,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (listen, metrics_listen) = (cli.listen, cli.metrics_listen);
     let config = Config::try_from(cli)?;
+    // Refuse before binding, so an unsafe address is never even opened; `serve` checks again.
+    check_exposure(listen, &config)?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let metrics = match metrics_listen {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?),
