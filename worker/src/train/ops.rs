@@ -9,16 +9,13 @@
 //! `apply_rotary_pos_emb`, eager attention with an f32 softmax) and torch's
 //! `F.cross_entropy` (mean over targets).
 
-use candle_core::{D, DType, Device, Result, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, D, DType, Device, Layout, Result, Shape, Tensor};
 
 /// The dtype reductions run in: f32, or f64 for f64 inputs (f64 is only used by the
 /// finite-difference tests, which need the extra precision end to end).
 fn work_dtype(dtype: DType) -> DType {
-    if dtype == DType::F64 {
-        DType::F64
-    } else {
-        DType::F32
-    }
+    if dtype == DType::F64 { DType::F64 } else { DType::F32 }
 }
 
 /// RMSNorm as in `Qwen2RMSNorm`: computed in f32, normalised value cast back to the input
@@ -44,13 +41,7 @@ pub struct RopeTables {
 impl RopeTables {
     /// Tables for `seq_len` positions, `inv_freq_i = theta^(-2i/head_dim)`, computed in f64 and
     /// stored in `dtype`.
-    pub fn new(
-        seq_len: usize,
-        head_dim: usize,
-        theta: f64,
-        dtype: DType,
-        dev: &Device,
-    ) -> Result<Self> {
+    pub fn new(seq_len: usize, head_dim: usize, theta: f64, dtype: DType, dev: &Device) -> Result<Self> {
         let half = head_dim / 2;
         let mut cos = Vec::with_capacity(seq_len * head_dim);
         let mut sin = Vec::with_capacity(seq_len * head_dim);
@@ -90,15 +81,13 @@ fn rotate_half(x: &Tensor) -> Result<Tensor> {
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let cos = cos.to_dtype(x.dtype())?;
     let sin = sin.to_dtype(x.dtype())?;
-    x.broadcast_mul(&cos)?
-        .add(&rotate_half(x)?.broadcast_mul(&sin)?)
+    x.broadcast_mul(&cos)?.add(&rotate_half(x)?.broadcast_mul(&sin)?)
 }
 
 /// An additive causal mask `[t, t]`: 0 on and below the diagonal, -inf above.
 pub fn causal_mask(t: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
+    let mask: Vec<f32> =
+        (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Tensor::from_vec(mask, (t, t), dev)?.to_dtype(dtype)
 }
 
@@ -122,13 +111,148 @@ pub fn causal_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
 
 /// Per-row `logsumexp(logits) - logits[target]`, summed over rows, in f32. `logits` is
 /// `[n, vocab]`, `targets` `[n]` u32. Divide by the token count for torch's mean CE.
+///
+/// On CPU this is one fused op ([`FusedCrossEntropySum`]): at a 152k vocabulary the plain
+/// composition allocates (and page-faults in) about eight `[n, vocab]` tensors per step, the
+/// fused one a single gradient. Elsewhere it is [`cross_entropy_sum_plain`], which the tests
+/// use as the gradient reference.
 pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if !logits.device().is_cpu() {
+        return cross_entropy_sum_plain(logits, targets);
+    }
+    let logits = logits.to_dtype(work_dtype(logits.dtype()))?.contiguous()?;
+    let targets = targets.to_dtype(DType::U32)?.contiguous()?;
+    logits.apply_op2(&targets, FusedCrossEntropySum)
+}
+
+/// [`cross_entropy_sum`] from core ops only (any device; the fused op's reference).
+pub fn cross_entropy_sum_plain(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logits = logits.to_dtype(work_dtype(logits.dtype()))?;
     let max = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
     let picked = shifted.gather(&targets.unsqueeze(1)?, 1)?;
     lse.sub(&picked)?.sum_all()
+}
+
+/// CPU cross-entropy summed over rows: `(logits [n, v] f32/f64 contiguous, targets [n] u32)`
+/// → scalar. Forward takes one max pass and one exp pass per row (accumulating in f64) and
+/// allocates nothing vocab-sized; backward gives the logits `g · (softmax − onehot(target))`
+/// in one allocation and the targets no gradient.
+#[derive(Debug, Clone, Copy)]
+pub struct FusedCrossEntropySum;
+
+/// The backward of [`FusedCrossEntropySum`], scaled by the incoming gradient.
+#[derive(Debug, Clone, Copy)]
+struct FusedCrossEntropyGrad {
+    scale: f64,
+}
+
+/// Contiguous `(logits rows, targets)` slices of the op's inputs, checked against each other.
+fn ce_inputs<'a, T>(x: &'a [T], l1: &Layout, t: &'a CpuStorage, l2: &Layout) -> Result<(&'a [T], &'a [u32], usize)> {
+    let (n, v) = l1.shape().dims2()?;
+    let (Some((a, b)), Some((c, d))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+        candle_core::bail!("fused cross-entropy: non-contiguous inputs")
+    };
+    let CpuStorage::U32(t) = t else { candle_core::bail!("fused cross-entropy: targets must be u32") };
+    if d - c != n {
+        candle_core::bail!("fused cross-entropy: {n} rows but {} targets", d - c)
+    }
+    if let Some(&bad) = t[c..d].iter().find(|&&k| k as usize >= v) {
+        candle_core::bail!("fused cross-entropy: target {bad} out of range for vocab {v}")
+    }
+    Ok((&x[a..b], &t[c..d], v))
+}
+
+/// Stamps the f32 and f64 kernels: per-row (max, logsumexp) and the gradient rows.
+macro_rules! ce_kernels {
+    ($fwd:ident, $bwd:ident, $t:ty) => {
+        /// Σ_rows logsumexp(row) − row[target].
+        fn $fwd(x: &[$t], t: &[u32], v: usize) -> f64 {
+            x.chunks_exact(v)
+                .zip(t)
+                .map(|(row, &k)| {
+                    let m = row.iter().copied().fold(<$t>::NEG_INFINITY, <$t>::max);
+                    let s: f64 = row.iter().map(|&z| f64::from((z - m).exp())).sum();
+                    f64::from(m) + s.ln() - f64::from(row[k as usize])
+                })
+                .sum()
+        }
+
+        /// `scale · (softmax(row) − onehot(target))` for every row.
+        fn $bwd(x: &[$t], t: &[u32], v: usize, scale: f64) -> Vec<$t> {
+            let mut out = vec![0 as $t; x.len()];
+            for ((row, o), &k) in x.chunks_exact(v).zip(out.chunks_exact_mut(v)).zip(t) {
+                let m = row.iter().copied().fold(<$t>::NEG_INFINITY, <$t>::max);
+                let mut s = 0f64;
+                for (o, &z) in o.iter_mut().zip(row) {
+                    let e = (z - m).exp();
+                    *o = e;
+                    s += f64::from(e);
+                }
+                let c = (scale / s) as $t;
+                o.iter_mut().for_each(|e| *e *= c);
+                o[k as usize] -= scale as $t;
+            }
+            out
+        }
+    };
+}
+ce_kernels!(ce_fwd_f32, ce_bwd_f32, f32);
+ce_kernels!(ce_fwd_f64, ce_bwd_f64, f64);
+
+impl CustomOp2 for FusedCrossEntropySum {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy-sum"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match s1 {
+            CpuStorage::F32(x) => {
+                let (x, t, v) = ce_inputs(x, l1, s2, l2)?;
+                CpuStorage::F32(vec![ce_fwd_f32(x, t, v) as f32])
+            }
+            CpuStorage::F64(x) => {
+                let (x, t, v) = ce_inputs(x, l1, s2, l2)?;
+                CpuStorage::F64(vec![ce_fwd_f64(x, t, v)])
+            }
+            other => candle_core::bail!("fused cross-entropy: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((out, Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let scale = grad_res.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let g = logits.apply_op2_no_bwd(targets, &FusedCrossEntropyGrad { scale })?;
+        Ok((Some(g), None))
+    }
+}
+
+impl CustomOp2 for FusedCrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match s1 {
+            CpuStorage::F32(x) => {
+                let (x, t, v) = ce_inputs(x, l1, s2, l2)?;
+                CpuStorage::F32(ce_bwd_f32(x, t, v, self.scale))
+            }
+            CpuStorage::F64(x) => {
+                let (x, t, v) = ce_inputs(x, l1, s2, l2)?;
+                CpuStorage::F64(ce_bwd_f64(x, t, v, self.scale))
+            }
+            other => candle_core::bail!("fused cross-entropy: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((out, l1.shape().clone()))
+    }
 }
 
 /// Token-mean cross-entropy (`F.cross_entropy`, reduction "mean") in f32.
@@ -158,9 +282,7 @@ pub(crate) mod tests {
     pub(crate) fn check_grad(var: &Var, f: &dyn Fn() -> Result<Tensor>) -> anyhow::Result<f64> {
         let loss = f()?;
         let grads: GradStore = loss.backward()?;
-        let g = grads
-            .get(var)
-            .ok_or_else(|| anyhow::anyhow!("no gradient for var"))?;
+        let g = grads.get(var).ok_or_else(|| anyhow::anyhow!("no gradient for var"))?;
         let g: Vec<f64> = g.flatten_all()?.to_vec1()?;
         let base: Vec<f64> = var.as_tensor().flatten_all()?.to_vec1()?;
         let shape = var.as_tensor().shape().clone();
@@ -192,11 +314,7 @@ pub(crate) mod tests {
         let x = Var::from_tensor(&rand_f64(&[2, 3, 8], 1))?;
         let w = Var::from_tensor(&rand_f64(&[8], 2))?;
         let p = probe(&[2, 3, 8]);
-        let f = || {
-            rms_norm(x.as_tensor(), w.as_tensor(), 1e-6)?
-                .mul(&p)?
-                .sum_all()
-        };
+        let f = || rms_norm(x.as_tensor(), w.as_tensor(), 1e-6)?.mul(&p)?.sum_all();
         assert!(check_grad(&x, &f)? < 1e-6);
         assert!(check_grad(&w, &f)? < 1e-6);
         // The f32 path (the production dtype) agrees with the f64 one: y_i = x_i/rms(x)·w_i.
@@ -209,10 +327,7 @@ pub(crate) mod tests {
         let xv: Vec<f64> = x.as_tensor().narrow(2, 0, 8)?.get(0)?.get(0)?.to_vec1()?;
         let rms = (xv.iter().map(|v| v * v).sum::<f64>() / 8.0 + 1e-6).sqrt();
         let wv: Vec<f64> = w.as_tensor().to_vec1()?;
-        let bv: Vec<f64> = rms_norm(x.as_tensor(), w.as_tensor(), 1e-6)?
-            .get(0)?
-            .get(0)?
-            .to_vec1()?;
+        let bv: Vec<f64> = rms_norm(x.as_tensor(), w.as_tensor(), 1e-6)?.get(0)?.get(0)?.to_vec1()?;
         for i in 0..8 {
             assert!((bv[i] - xv[i] / rms * wv[i]).abs() < 1e-12);
         }
@@ -229,10 +344,7 @@ pub(crate) mod tests {
         assert!(check_grad(&x, &f)? < 1e-6);
         // Position 0 is the identity; every (i, i+d/2) pair keeps its norm (a rotation).
         let y = rope(x.as_tensor(), &cos, &sin)?;
-        let d0 = (y.narrow(2, 0, 1)? - x.as_tensor().narrow(2, 0, 1)?)?
-            .abs()?
-            .max_all()?
-            .to_scalar::<f64>()?;
+        let d0 = (y.narrow(2, 0, 1)? - x.as_tensor().narrow(2, 0, 1)?)?.abs()?.max_all()?.to_scalar::<f64>()?;
         assert!(d0 < 1e-12);
         let xv: Vec<f64> = x.as_tensor().flatten_all()?.to_vec1()?;
         let yv: Vec<f64> = y.flatten_all()?.to_vec1()?;
@@ -253,15 +365,9 @@ pub(crate) mod tests {
         let s = Var::from_tensor(&rand_f64(&[1, 2, 4, 4], 4))?;
         let mask = causal_mask(4, DType::F64, &Device::Cpu)?;
         let p = probe(&[1, 2, 4, 4]);
-        let f = || {
-            softmax_last(&s.as_tensor().broadcast_add(&mask)?)?
-                .mul(&p)?
-                .sum_all()
-        };
+        let f = || softmax_last(&s.as_tensor().broadcast_add(&mask)?)?.mul(&p)?.sum_all();
         assert!(check_grad(&s, &f)? < 1e-6);
-        let probs: Vec<f64> = softmax_last(&s.as_tensor().broadcast_add(&mask)?)?
-            .flatten_all()?
-            .to_vec1()?;
+        let probs: Vec<f64> = softmax_last(&s.as_tensor().broadcast_add(&mask)?)?.flatten_all()?.to_vec1()?;
         for (k, v) in probs.iter().enumerate() {
             let (i, j) = ((k / 4) % 4, k % 4);
             if j > i {
@@ -269,15 +375,8 @@ pub(crate) mod tests {
             }
         }
         // Rows sum to one, and the f32 production op agrees with the f64 one.
-        let prod = causal_softmax(
-            &s.as_tensor().to_dtype(DType::F32)?,
-            &mask.to_dtype(DType::F32)?,
-        )?;
-        let row = prod
-            .sum(D::Minus1)?
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1::<f64>()?;
+        let prod = causal_softmax(&s.as_tensor().to_dtype(DType::F32)?, &mask.to_dtype(DType::F32)?)?;
+        let row = prod.sum(D::Minus1)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
         assert!(row.iter().all(|r| (r - 1.0).abs() < 1e-6));
         Ok(())
     }
@@ -288,11 +387,37 @@ pub(crate) mod tests {
         let targets = Tensor::new(&[0u32, 4, 2, 2, 1, 3], &Device::Cpu)?;
         let f = || cross_entropy_sum(logits.as_tensor(), &targets);
         assert!(check_grad(&logits, &f)? < 1e-6);
-        let ours = cross_entropy(&logits.as_tensor().to_dtype(DType::F32)?, &targets)?
-            .to_scalar::<f32>()? as f64;
-        let reference =
-            candle_nn::loss::cross_entropy(logits.as_tensor(), &targets)?.to_scalar::<f64>()?;
+        let ours = cross_entropy(&logits.as_tensor().to_dtype(DType::F32)?, &targets)?.to_scalar::<f32>()? as f64;
+        let reference = candle_nn::loss::cross_entropy(logits.as_tensor(), &targets)?.to_scalar::<f64>()?;
         assert!((ours - reference).abs() < 1e-6, "{ours} vs {reference}");
+        Ok(())
+    }
+
+    /// The fused CPU op against the plain composition: values and logit gradients, f64 and
+    /// f32, with an upstream scale (the mean's 1/n), plus finite differences on the fused op.
+    #[test]
+    fn fused_cross_entropy_matches_plain_values_and_grads() -> anyhow::Result<()> {
+        let targets = Tensor::new(&[0u32, 6, 2, 2, 1, 3, 6], &Device::Cpu)?;
+        let logits = Var::from_tensor(&(rand_f64(&[7, 7], 11) * 4.0)?)?;
+        let f = || cross_entropy_sum(logits.as_tensor(), &targets)? / 7.0;
+        assert!(check_grad(&logits, &f)? < 1e-6);
+        for dtype in [DType::F64, DType::F32] {
+            let x = Var::from_tensor(&logits.as_tensor().to_dtype(dtype)?)?;
+            let fused = (cross_entropy_sum(x.as_tensor(), &targets)? / 7.0)?;
+            let plain = (cross_entropy_sum_plain(x.as_tensor(), &targets)? / 7.0)?;
+            let (a, b) =
+                (fused.to_dtype(DType::F64)?.to_scalar::<f64>()?, plain.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+            assert!((a - b).abs() < 1e-6 * b.abs().max(1.0), "{dtype:?}: {a} vs {b}");
+            let (gf, gp) = (fused.backward()?, plain.backward()?);
+            let diff = (gf.get(&x).expect("fused grad") - gp.get(&x).expect("plain grad"))?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            assert!(diff < 1e-6, "{dtype:?}: max grad diff {diff}");
+        }
+        assert!(cross_entropy_sum(logits.as_tensor(), &Tensor::new(&[7u32; 7], &Device::Cpu)?).is_err());
         Ok(())
     }
 
