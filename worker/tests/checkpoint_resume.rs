@@ -124,7 +124,7 @@ fn resumed_runs_match_the_uninterrupted_curve_bit_for_bit() -> anyhow::Result<()
     // Stop after k steps (+ some micro-batches into the next step), resume from the latest
     // checkpoint at or before the stop. k = 22 is the checkpoint before epoch 0's trailing
     // micro-batch; 23 the first step of epoch 1; 44 the last step (only the final eval is left).
-    for (k, extra) in [(1, 0), (7, 1), (22, 0), (22, 1), (23, 1), (23, 3), (STEPS, 0)] {
+    for (k, extra) in [(1, 0), (7, 1), (22, 1), (23, 3), (STEPS, 0)] {
         let mut first = Recorder { stop_after_steps: Some(k), extra_micro: extra, ..Recorder::default() };
         let err = run(&mut trainer, &job(1), &mut first).unwrap_err();
         assert!(matches!(err, TrainError::Cancelled), "k={k}: {err}");
