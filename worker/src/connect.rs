@@ -34,7 +34,7 @@ pub struct ConnectArgs {
     pub token: Option<String>,
     /// PEM certificate of the CA that signed the coordinator's TLS certificate; needed for an
     /// `https://` coordinator URL.
-    #[arg(long, global = true, env = "LORASWEEP_TLS_CA")]
+    #[arg(long, visible_alias = "ca", global = true, env = "LORASWEEP_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
 }
 
