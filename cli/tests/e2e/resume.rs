@@ -1,6 +1,8 @@
-//! A real (candle, tiny model) job whose worker is SIGKILLed after a checkpoint was uploaded:
-//! the job is requeued, a second worker downloads the latest checkpoint and resumes, and the
-//! stored curve, final eval loss and final adapter are bit-identical to a fault-free run.
+//! A real (candle, tiny model) job whose worker is SIGKILLed after two checkpoints were uploaded,
+//! and whose newest checkpoint is then corrupted on the coordinator's disk: the job is requeued,
+//! a second worker finds the corrupt one by its SHA-256, warns, resumes from the older one, and
+//! the stored curve, final eval loss and final adapter are bit-identical to a fault-free run.
+//! Also `lorasweep adapter` and `lorasweep generate` on the result.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -79,13 +81,30 @@ async fn a_killed_candle_worker_resumes_from_its_checkpoint_bit_for_bit() -> any
             anyhow::Ok(a.list_artifacts(req).await?.into_inner().artifacts)
         }
     };
-    let killed_at = await_condition("a checkpoint upload", Duration::from_secs(60), || async {
-        Ok(list(pb::ArtifactKind::Checkpoint).await?.first().map(|a| a.step))
+    // Two checkpoints stored, then the kill.
+    let killed_at = await_condition("two checkpoint uploads", Duration::from_secs(60), || async {
+        let steps: Vec<u64> = list(pb::ArtifactKind::Checkpoint).await?.iter().map(|a| a.step).collect();
+        Ok((steps.len() >= 2).then_some(steps))
     })
     .await?;
     first.kill9().await?;
     let log1 = first.log_text();
     assert!(!log1.contains("resuming from checkpoint"), "{log1}");
+    // Corrupt the newest checkpoint on the coordinator's disk: the next attempt must notice (sha256),
+    // warn, and resume from an older one.
+    let newest = list(pb::ArtifactKind::Checkpoint).await?[0].step;
+    let job_dir = dir.path().join("artifacts").join(&job_id);
+    let prefix = format!("checkpoint-{newest:012}-");
+    let file = std::fs::read_dir(&job_dir)?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .expect("the newest checkpoint's file");
+    let mut bytes = std::fs::read(&file)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&file, bytes)?;
+    let killed_at = killed_at[0];
 
     let mut second = worker(&coordinator.url, "rescuer", dir.path().join("rescuer.log"))?;
     let jobs = await_sweep_done(&sweeps, &sweep, Duration::from_secs(120)).await?;
@@ -95,6 +114,7 @@ async fn a_killed_candle_worker_resumes_from_its_checkpoint_bit_for_bit() -> any
     assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}\n{log2}");
     assert_eq!(job.attempt, 2, "the job was re-leased once");
     assert!(log2.contains("resuming from checkpoint"), "{log2}");
+    assert!(log2.contains(&format!("checkpoint at step {newest} not usable (sha256 mismatch")), "{log2}");
 
     let reference = reference.await??;
     // Final eval loss and the whole stored curve equal the fault-free run's, bit for bit.
