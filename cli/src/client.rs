@@ -40,9 +40,7 @@ pub(crate) async fn authed(url: &str) -> anyhow::Result<Authed> {
     let remote = Remote::new(url, CONNECT.get_or_init(ConnectArgs::default))?;
     let endpoint = remote
         .endpoint()
-        .with_context(|| {
-            format!("--coordinator {url:?} is not a valid URL (expected http://host:port)")
-        })?
+        .with_context(|| format!("--coordinator {url:?} is not a valid URL (expected http://host:port)"))?
         .connect_timeout(CONNECT_TIMEOUT);
     let channel = endpoint.connect().await.map_err(|e| {
         let cause = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_else(|| e.to_string());

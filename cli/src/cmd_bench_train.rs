@@ -35,11 +35,7 @@ pub(crate) struct BenchTrainArgs {
     #[arg(long, default_value_t = 8)]
     r: usize,
     /// Comma-separated LoRA targets.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "q_proj,k_proj,v_proj,o_proj"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj")]
     targets: Vec<String>,
     /// Print the report as JSON.
     #[arg(long)]
@@ -56,12 +52,7 @@ pub(crate) fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
         batch: args.batch,
         steps: args.steps.max(1),
         dtype: parse_dtype(&args.dtype)?,
-        lora: LoraSpec {
-            r: args.r,
-            alpha: 2.0 * args.r as f64,
-            dropout: 0.0,
-            targets: args.targets.clone(),
-        },
+        lora: LoraSpec { r: args.r, alpha: 2.0 * args.r as f64, dropout: 0.0, targets: args.targets.clone() },
     };
     let r = run_bench(&opts, &dev).context("bench failed")?;
     if args.json {
@@ -78,17 +69,12 @@ pub(crate) fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
     );
     println!(
         "process CPU time {} per step (user+sys, all threads; compare with wall time to see contention)",
-        r.cpu_s_per_step
-            .map_or("n/a".into(), |c| format!("{c:.2} s"))
+        r.cpu_s_per_step.map_or("n/a".into(), |c| format!("{c:.2} s"))
     );
     println!(
         "peak RSS {}; losses {:?}",
-        r.peak_rss_bytes
-            .map_or("n/a".into(), |b| format!("{:.2} GB", b as f64 / 1e9)),
-        r.losses
-            .iter()
-            .map(|l| format!("{l:.4}"))
-            .collect::<Vec<_>>()
+        r.peak_rss_bytes.map_or("n/a".into(), |b| format!("{:.2} GB", b as f64 / 1e9)),
+        r.losses.iter().map(|l| format!("{l:.4}")).collect::<Vec<_>>()
     );
     Ok(())
 }

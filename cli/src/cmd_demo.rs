@@ -99,44 +99,23 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let out = &args.out;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let out = out
-        .canonicalize()
-        .with_context(|| format!("resolving {}", out.display()))?;
+    let out = out.canonicalize().with_context(|| format!("resolving {}", out.display()))?;
     let (model_dir, data_dir) = (out.join("model"), out.join("data"));
 
-    eprintln!(
-        "[1/5] generating a tiny Qwen2 model and chat data in {}",
-        out.display()
-    );
+    eprintln!("[1/5] generating a tiny Qwen2 model and chat data in {}", out.display());
     let summary = tiny::write_model(&model_dir, &TinyModelConfig::default())
         .with_context(|| format!("writing the tiny model into {}", model_dir.display()))?;
     tiny::write_data(&data_dir, 7, args.train_rows, (args.train_rows / 8).max(16))
         .with_context(|| format!("writing the tiny data into {}", data_dir.display()))?;
-    eprintln!(
-        "      model: {} parameters, vocab {}",
-        summary.params, summary.vocab_size
-    );
+    eprintln!("      model: {} parameters, vocab {}", summary.params, summary.vocab_size);
 
-    eprintln!(
-        "[2/5] starting a coordinator on {} and {} worker(s)",
-        out.join("coordinator").display(),
-        args.workers
-    );
+    eprintln!("[2/5] starting a coordinator on {} and {} worker(s)", out.join("coordinator").display(), args.workers);
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding a local port")?;
-    let url = format!(
-        "http://{}",
-        listener.local_addr().context("reading the bound address")?
-    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a local port")?;
+    let url = format!("http://{}", listener.local_addr().context("reading the bound address")?);
     let config = lorasweep_coordinator::Config::new(out.join("coordinator"));
-    tracker.spawn(lorasweep_coordinator::serve(
-        listener,
-        config,
-        shutdown.child_token(),
-    ));
+    tracker.spawn(lorasweep_coordinator::serve(listener, config, shutdown.child_token()));
     for i in 0..args.workers {
         let worker_args = lorasweep_worker::WorkerArgs {
             name: Some(format!("demo-{i}")),
@@ -169,48 +148,26 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
 /// Submits the sweep, watches it, and writes the results. Returns the sweep id.
 async fn drive(url: &str, out: &Path, toml: &str) -> anyhow::Result<String> {
     let sweep_path = out.join("sweep.toml");
-    std::fs::write(&sweep_path, toml)
-        .with_context(|| format!("writing {}", sweep_path.display()))?;
+    std::fs::write(&sweep_path, toml).with_context(|| format!("writing {}", sweep_path.display()))?;
     let mut client = client::connect(url).await?;
     let submitted = client
-        .submit_sweep(pb::SubmitSweepRequest {
-            sweep_toml: toml.to_string(),
-            source: sweep_path.display().to_string(),
-        })
+        .submit_sweep(pb::SubmitSweepRequest { sweep_toml: toml.to_string(), source: sweep_path.display().to_string() })
         .await
         .map_err(|s| client::call_error("submitting the demo sweep", s))?
         .into_inner();
-    eprintln!(
-        "[3/5] sweep {} submitted: {} jobs",
-        submitted.sweep_id, submitted.jobs
-    );
-    cmd_watch::watch(
-        url,
-        WatchArgs {
-            sweep: submitted.sweep_id.clone(),
-        },
-    )
-    .await?;
+    eprintln!("[3/5] sweep {} submitted: {} jobs", submitted.sweep_id, submitted.jobs);
+    cmd_watch::watch(url, WatchArgs { sweep: submitted.sweep_id.clone() }).await?;
 
     eprintln!("[4/5] results");
     let fetched = cmd_results::fetch(&mut client, &submitted.sweep_id).await?;
     let results = cmd_results::tables(&fetched);
-    print!(
-        "{}",
-        results_render::render(&results, Format::Table, &fetched.name)
-    );
+    print!("{}", results_render::render(&results, Format::Table, &fetched.name));
     let md = out.join("results.md");
-    std::fs::write(
-        &md,
-        results_render::render(&results, Format::Markdown, &fetched.name),
-    )
-    .with_context(|| format!("writing {}", md.display()))?;
+    std::fs::write(&md, results_render::render(&results, Format::Markdown, &fetched.name))
+        .with_context(|| format!("writing {}", md.display()))?;
     let json = out.join("results.json");
-    std::fs::write(
-        &json,
-        results_render::render(&results, Format::Json, &fetched.name),
-    )
-    .with_context(|| format!("writing {}", json.display()))?;
+    std::fs::write(&json, results_render::render(&results, Format::Json, &fetched.name))
+        .with_context(|| format!("writing {}", json.display()))?;
 
     eprintln!("[5/5] plots");
     let written = cmd_results::write_plots(&mut client, &fetched, None, out).await?;

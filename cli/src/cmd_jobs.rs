@@ -45,14 +45,9 @@ pub(crate) struct WorkersArgs {
 /// Lists a sweep's jobs in grid order.
 pub(crate) async fn jobs(url: &str, args: JobsArgs) -> anyhow::Result<()> {
     let mut client = client::connect(url).await?;
-    let state = args
-        .state
-        .map_or(pb::JobState::Unspecified as i32, JobState::to_wire);
+    let state = args.state.map_or(pb::JobState::Unspecified as i32, JobState::to_wire);
     let jobs = client
-        .list_jobs(pb::ListJobsRequest {
-            sweep_id: args.sweep.clone(),
-            state,
-        })
+        .list_jobs(pb::ListJobsRequest { sweep_id: args.sweep.clone(), state })
         .await
         .map_err(|s| client::call_error(&format!("jobs of sweep {}", args.sweep), s))?
         .into_inner()
@@ -63,23 +58,13 @@ pub(crate) async fn jobs(url: &str, args: JobsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut rows = vec![
-        [
-            "JOB", "INIT", "LR", "SEED", "STATE", "ATTEMPT", "STEP", "TRAIN", "EVAL", "WORKER",
-        ]
-        .map(String::from)
-        .to_vec(),
+        ["JOB", "INIT", "LR", "SEED", "STATE", "ATTEMPT", "STEP", "TRAIN", "EVAL", "WORKER"].map(String::from).to_vec(),
     ];
     // The table shows worker names; ids are unique but unreadable.
     let names: std::collections::HashMap<String, String> = client
         .list_workers(pb::ListWorkersRequest {})
         .await
-        .map(|r| {
-            r.into_inner()
-                .workers
-                .into_iter()
-                .map(|w| (w.id, w.name))
-                .collect()
-        })
+        .map(|r| r.into_inner().workers.into_iter().map(|w| (w.id, w.name)).collect())
         .unwrap_or_default();
     for j in &jobs {
         rows.push(vec![
@@ -89,17 +74,10 @@ pub(crate) async fn jobs(url: &str, args: JobsArgs) -> anyhow::Result<()> {
             j.seed.to_string(),
             output::state_name(j.state).to_string(),
             j.attempt.to_string(),
-            if j.total_steps > 0 {
-                format!("{}/{}", j.step, j.total_steps)
-            } else {
-                j.step.to_string()
-            },
+            if j.total_steps > 0 { format!("{}/{}", j.step, j.total_steps) } else { j.step.to_string() },
             output::loss(j.last_train_loss),
             output::loss(j.final_eval_loss),
-            names
-                .get(&j.worker)
-                .cloned()
-                .unwrap_or_else(|| j.worker.clone()),
+            names.get(&j.worker).cloned().unwrap_or_else(|| j.worker.clone()),
         ]);
     }
     print!("{}", output::table(&rows));
@@ -110,17 +88,12 @@ pub(crate) async fn jobs(url: &str, args: JobsArgs) -> anyhow::Result<()> {
 pub(crate) async fn curve(url: &str, args: CurveArgs) -> anyhow::Result<()> {
     let mut client = client::connect(url).await?;
     let curve = client
-        .get_curve(pb::GetCurveRequest {
-            job_id: args.job.clone(),
-        })
+        .get_curve(pb::GetCurveRequest { job_id: args.job.clone() })
         .await
         .map_err(|s| client::call_error(&format!("curve of job {}", args.job), s))?
         .into_inner();
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&output::curve_json(&curve)).context("encoding the curve")?
-        );
+        println!("{}", serde_json::to_string(&output::curve_json(&curve)).context("encoding the curve")?);
     } else if args.csv {
         print!("{}", output::curve_csv(&curve));
     } else {
@@ -150,11 +123,7 @@ pub(crate) async fn workers(url: &str, args: WorkersArgs) -> anyhow::Result<()> 
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    let mut rows = vec![
-        ["WORKER", "NAME", "DEVICE", "TRAINER", "ALIVE", "JOB"]
-            .map(String::from)
-            .to_vec(),
-    ];
+    let mut rows = vec![["WORKER", "NAME", "DEVICE", "TRAINER", "ALIVE", "JOB"].map(String::from).to_vec()];
     for w in &workers {
         rows.push(vec![
             w.id.clone(),

@@ -49,9 +49,7 @@ pub(crate) struct Fetched {
 /// On a failed call, or a job whose init or state the coordinator should never have stored.
 pub(crate) async fn fetch(client: &mut Client, sweep: &str) -> anyhow::Result<Fetched> {
     let name = client
-        .get_sweep(pb::GetSweepRequest {
-            sweep_id: sweep.to_string(),
-        })
+        .get_sweep(pb::GetSweepRequest { sweep_id: sweep.to_string() })
         .await
         .map_err(|s| client::call_error(&format!("reading sweep {sweep}"), s))?
         .into_inner()
@@ -59,10 +57,7 @@ pub(crate) async fn fetch(client: &mut Client, sweep: &str) -> anyhow::Result<Fe
         .map(|s| s.name)
         .unwrap_or_default();
     let jobs = client
-        .list_jobs(pb::ListJobsRequest {
-            sweep_id: sweep.to_string(),
-            state: 0,
-        })
+        .list_jobs(pb::ListJobsRequest { sweep_id: sweep.to_string(), state: 0 })
         .await
         .map_err(|s| client::call_error(&format!("listing the jobs of sweep {sweep}"), s))?
         .into_inner()
@@ -71,15 +66,9 @@ pub(crate) async fn fetch(client: &mut Client, sweep: &str) -> anyhow::Result<Fe
         .into_iter()
         .map(|j| {
             let init: LoraInit = j.init.parse()?;
-            let state = JobState::from_wire(j.state, "job.state")?
-                .ok_or_else(|| anyhow!("job {} has no state", j.id))?;
-            let r = JobResult {
-                init,
-                lr: j.lr,
-                seed: j.seed,
-                state,
-                final_eval_loss: j.final_eval_loss,
-            };
+            let state =
+                JobState::from_wire(j.state, "job.state")?.ok_or_else(|| anyhow!("job {} has no state", j.id))?;
+            let r = JobResult { init, lr: j.lr, seed: j.seed, state, final_eval_loss: j.final_eval_loss };
             Ok((j, r))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -99,10 +88,7 @@ pub(crate) async fn results(url: &str, args: ResultsArgs) -> anyhow::Result<()> 
     if fetched.jobs.is_empty() {
         anyhow::bail!("sweep {} has no jobs", args.sweep);
     }
-    print!(
-        "{}",
-        results_render::render(&tables(&fetched), args.format, &fetched.name)
-    );
+    print!("{}", results_render::render(&tables(&fetched), args.format, &fetched.name));
     Ok(())
 }
 
@@ -137,13 +123,9 @@ pub(crate) async fn write_plots(
                 continue;
             }
             let c = client
-                .get_curve(pb::GetCurveRequest {
-                    job_id: job.id.clone(),
-                })
+                .get_curve(pb::GetCurveRequest { job_id: job.id.clone() })
                 .await
-                .map_err(|s| {
-                    client::call_error(&format!("reading the curve of job {}", job.id), s)
-                })?
+                .map_err(|s| client::call_error(&format!("reading the curve of job {}", job.id), s))?
                 .into_inner();
             seeds.push(c.eval_steps.into_iter().zip(c.eval_losses).collect());
         }

@@ -11,26 +11,15 @@ use tokio_util::sync::CancellationToken;
 pub(crate) async fn coordinator(cli: lorasweep_coordinator::Cli) -> anyhow::Result<()> {
     let (listen, metrics_listen) = (cli.listen, cli.metrics_listen);
     let config = lorasweep_coordinator::Config::try_from(cli)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let metrics = match metrics_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?,
-        ),
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?),
         None => None,
     };
-    println!(
-        "listening on {}",
-        listener.local_addr().context("reading the bound address")?
-    );
+    println!("listening on {}", listener.local_addr().context("reading the bound address")?);
     let shutdown = CancellationToken::new();
     tokio::spawn(lorasweep_worker::daemon::cancel_on_signal(shutdown.clone()));
-    lorasweep_coordinator::serve_with_metrics(listener, metrics, config, shutdown)
-        .await
-        .context("coordinator failed")
+    lorasweep_coordinator::serve_with_metrics(listener, metrics, config, shutdown).await.context("coordinator failed")
 }
 
 /// Runs a worker daemon against `url` until ctrl-c/SIGTERM.
@@ -42,7 +31,5 @@ pub(crate) async fn worker(
     let config = lorasweep_worker::Config::new(url, args)?.with_connect(connect)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(lorasweep_worker::daemon::cancel_on_signal(shutdown.clone()));
-    lorasweep_worker::run(config, shutdown)
-        .await
-        .context("worker failed")
+    lorasweep_worker::run(config, shutdown).await.context("worker failed")
 }

@@ -36,22 +36,15 @@ pub(crate) struct SweepArg {
 /// key), then submits it and prints the new sweep's id.
 pub(crate) async fn submit(url: &str, args: SubmitArgs) -> anyhow::Result<()> {
     let source = args.file.display().to_string();
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("cannot read sweep file {source}"))?;
+    let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read sweep file {source}"))?;
     let spec = SweepSpec::parse(&text, &source)?;
     let mut client = client::connect(url).await?;
     let resp = client
-        .submit_sweep(pb::SubmitSweepRequest {
-            sweep_toml: text,
-            source: source.clone(),
-        })
+        .submit_sweep(pb::SubmitSweepRequest { sweep_toml: text, source: source.clone() })
         .await
         .map_err(|s| client::call_error(&format!("submitting {source}"), s))?
         .into_inner();
-    eprintln!(
-        "submitted sweep {:?} from {source}: {} jobs",
-        spec.name, resp.jobs
-    );
+    eprintln!("submitted sweep {:?} from {source}: {} jobs", spec.name, resp.jobs);
     println!("{}", resp.sweep_id);
     Ok(())
 }
@@ -62,16 +55,11 @@ pub(crate) async fn status(url: &str, args: StatusArgs) -> anyhow::Result<()> {
     let sweeps = match &args.sweep {
         Some(id) => {
             let resp = client
-                .get_sweep(pb::GetSweepRequest {
-                    sweep_id: id.clone(),
-                })
+                .get_sweep(pb::GetSweepRequest { sweep_id: id.clone() })
                 .await
                 .map_err(|s| client::call_error(&format!("sweep {id}"), s))?
                 .into_inner();
-            vec![
-                resp.sweep
-                    .with_context(|| format!("sweep {id}: the coordinator sent no sweep"))?,
-            ]
+            vec![resp.sweep.with_context(|| format!("sweep {id}: the coordinator sent no sweep"))?]
         }
         None => {
             client
@@ -94,21 +82,11 @@ pub(crate) async fn status(url: &str, args: StatusArgs) -> anyhow::Result<()> {
         println!("no sweeps");
         return Ok(());
     }
-    let mut rows = vec![
-        ["SWEEP", "NAME", "TOTAL", "DONE", "STATES"]
-            .map(String::from)
-            .to_vec(),
-    ];
+    let mut rows = vec![["SWEEP", "NAME", "TOTAL", "DONE", "STATES"].map(String::from).to_vec()];
     for s in &sweeps {
         let c = output::counts(s);
         let done = c["succeeded"] + c["diverged"] + c["failed"] + c["cancelled"];
-        rows.push(vec![
-            s.id.clone(),
-            s.name.clone(),
-            s.total.to_string(),
-            done.to_string(),
-            output::counts_line(s),
-        ]);
+        rows.push(vec![s.id.clone(), s.name.clone(), s.total.to_string(), done.to_string(), output::counts_line(s)]);
     }
     print!("{}", output::table(&rows));
     Ok(())
@@ -118,9 +96,7 @@ pub(crate) async fn status(url: &str, args: StatusArgs) -> anyhow::Result<()> {
 pub(crate) async fn cancel(url: &str, args: SweepArg) -> anyhow::Result<()> {
     let mut client = client::connect(url).await?;
     let resp = client
-        .cancel_sweep(pb::CancelSweepRequest {
-            sweep_id: args.sweep.clone(),
-        })
+        .cancel_sweep(pb::CancelSweepRequest { sweep_id: args.sweep.clone() })
         .await
         .map_err(|s| client::call_error(&format!("cancelling sweep {}", args.sweep), s))?
         .into_inner();
@@ -132,9 +108,7 @@ pub(crate) async fn cancel(url: &str, args: SweepArg) -> anyhow::Result<()> {
 pub(crate) async fn retry(url: &str, args: SweepArg) -> anyhow::Result<()> {
     let mut client = client::connect(url).await?;
     let resp = client
-        .retry_sweep(pb::RetrySweepRequest {
-            sweep_id: args.sweep.clone(),
-        })
+        .retry_sweep(pb::RetrySweepRequest { sweep_id: args.sweep.clone() })
         .await
         .map_err(|s| client::call_error(&format!("retrying sweep {}", args.sweep), s))?
         .into_inner();

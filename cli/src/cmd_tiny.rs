@@ -84,13 +84,7 @@ pub(crate) fn run_model(args: MakeTinyModelArgs) -> anyhow::Result<()> {
 pub(crate) fn run_data(args: MakeTinyDataArgs) -> anyhow::Result<()> {
     let [train, test] = tiny::write_data(&args.dir, args.seed, args.train, args.test)
         .with_context(|| format!("writing tiny data to {}", args.dir.display()))?;
-    println!(
-        "wrote {} ({} rows) and {} ({} rows)",
-        train.display(),
-        args.train,
-        test.display(),
-        args.test
-    );
+    println!("wrote {} ({} rows) and {} ({} rows)", train.display(), args.train, test.display(), args.test);
     Ok(())
 }
 
@@ -128,8 +122,7 @@ mod tests {
             "--max-positions=256".as_ref(),
         ])?;
         run_model(cli.args)?;
-        let config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(model.join("config.json"))?)?;
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("config.json"))?)?;
         assert_eq!(config["vocab_size"], 300);
         assert_eq!(config["hidden_size"], 32);
         assert_eq!(config["num_hidden_layers"], 1);
@@ -148,16 +141,10 @@ mod tests {
             "--seed=9".as_ref(),
         ])?;
         run_data(cli.args)?;
-        let lines = |f: &str| -> anyhow::Result<usize> {
-            Ok(std::fs::read_to_string(data.join(f))?.lines().count())
-        };
+        let lines = |f: &str| -> anyhow::Result<usize> { Ok(std::fs::read_to_string(data.join(f))?.lines().count()) };
         assert_eq!((lines("train.jsonl")?, lines("test.jsonl")?), (12, 3));
 
-        let bad = ModelCli::try_parse_from([
-            "make-tiny-model".as_ref(),
-            model.as_os_str(),
-            "--kv-heads=3".as_ref(),
-        ])?;
+        let bad = ModelCli::try_parse_from(["make-tiny-model".as_ref(), model.as_os_str(), "--kv-heads=3".as_ref()])?;
         let err = run_model(bad.args).expect_err("3 kv heads do not divide 4 heads");
         assert!(format!("{err:#}").contains("kv_heads 3"), "{err:#}");
         Ok(())

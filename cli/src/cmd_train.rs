@@ -85,12 +85,7 @@ pub(crate) struct TrainArgs {
 impl TrainArgs {
     /// The job these flags describe.
     fn job(&self) -> JobSpec {
-        let (m, d, l, t) = (
-            ModelSpec::default(),
-            DataSpec::default(),
-            LoraSpec::default(),
-            TrainSpec::default(),
-        );
+        let (m, d, l, t) = (ModelSpec::default(), DataSpec::default(), LoraSpec::default(), TrainSpec::default());
         JobSpec {
             model: ModelSpec {
                 path: self.model.clone().unwrap_or(m.path),
@@ -143,10 +138,7 @@ impl Progress for CliProgress {
                     bar.set_position(point.step);
                     bar.set_message(format!("train {:.4}", point.loss));
                 }
-                Series::Eval => bar.println(format!(
-                    "eval @ micro-batch {}: {:.4}",
-                    point.step, point.loss
-                )),
+                Series::Eval => bar.println(format!("eval @ micro-batch {}: {:.4}", point.step, point.loss)),
             }
         }
         self.points.push(point);
@@ -158,32 +150,22 @@ impl Progress for CliProgress {
 }
 
 fn series(points: &[LossPoint], s: Series) -> Vec<(u64, f64)> {
-    points
-        .iter()
-        .filter(|p| p.series == s)
-        .map(|p| (p.step, p.loss))
-        .collect()
+    points.iter().filter(|p| p.series == s).map(|p| (p.step, p.loss)).collect()
 }
 
 /// Runs one job locally.
 pub(crate) fn run(args: TrainArgs) -> anyhow::Result<()> {
     let job = args.job();
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::new(0);
         bar.set_style(
-            ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:40}] step {pos}/{len} {msg} (eta {eta})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template("{elapsed_precise} [{bar:40}] step {pos}/{len} {msg} (eta {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar
     });
-    let mut progress = CliProgress {
-        points: Vec::new(),
-        bar,
-    };
+    let mut progress = CliProgress { points: Vec::new(), bar };
     let opts = LocalOpts {
         device: args.device.clone(),
         init_from_adapter: args.init_from_adapter.clone(),
@@ -199,8 +181,7 @@ pub(crate) fn run(args: TrainArgs) -> anyhow::Result<()> {
     });
     let write = |name: &str, v: &serde_json::Value| -> anyhow::Result<()> {
         let path = args.out.join(name);
-        std::fs::write(&path, serde_json::to_string_pretty(v)? + "\n")
-            .with_context(|| path.display().to_string())
+        std::fs::write(&path, serde_json::to_string_pretty(v)? + "\n").with_context(|| path.display().to_string())
     };
     write("curve.json", &curve)?;
     let summary = serde_json::json!({
@@ -215,8 +196,7 @@ pub(crate) fn run(args: TrainArgs) -> anyhow::Result<()> {
     write("summary.json", &summary)?;
     println!(
         "final eval loss {} ({} tokens in {:.1} s, {:.0} tokens/s){}; wrote {}",
-        out.final_eval_loss
-            .map_or("-".into(), |l| format!("{l:.4}")),
+        out.final_eval_loss.map_or("-".into(), |l| format!("{l:.4}")),
         out.tokens,
         out.seconds,
         out.tokens as f64 / out.seconds.max(1e-9),
@@ -266,14 +246,8 @@ mod tests {
         ]);
         let job = w.args.job();
         assert_eq!(job.init, LoraInit::OrthoEye);
-        assert_eq!(
-            job.lora.targets,
-            vec!["q_proj".to_string(), "up_proj".to_string()]
-        );
-        assert_eq!(
-            (job.lora.r, job.data.shuffle, job.train.max_steps),
-            (4, false, Some(0))
-        );
+        assert_eq!(job.lora.targets, vec!["q_proj".to_string(), "up_proj".to_string()]);
+        assert_eq!((job.lora.r, job.data.shuffle, job.train.max_steps), (4, false, Some(0)));
         assert_eq!(job.model.dtype, "f32");
     }
 }

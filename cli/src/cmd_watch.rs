@@ -31,24 +31,13 @@ pub(crate) struct WatchArgs {
 /// resumed by reconnecting for up to [`RECONNECT_FOR`]; the first connection must succeed.
 pub(crate) async fn watch(url: &str, args: WatchArgs) -> anyhow::Result<()> {
     let mut client = client::connect(url).await?;
-    let mut view: Box<dyn View> = if std::io::stdout().is_terminal() {
-        Box::new(Bars::new())
-    } else {
-        Box::new(Plain::default())
-    };
+    let mut view: Box<dyn View> =
+        if std::io::stdout().is_terminal() { Box::new(Bars::new()) } else { Box::new(Plain::default()) };
     let mut last: Option<pb::Sweep> = None;
     let mut outage: Option<Instant> = None;
     let mut wait = Duration::from_millis(100);
     loop {
-        let broken = match follow(
-            &mut client,
-            &args.sweep,
-            view.as_mut(),
-            &mut last,
-            &mut outage,
-        )
-        .await
-        {
+        let broken = match follow(&mut client, &args.sweep, view.as_mut(), &mut last, &mut outage).await {
             Ok(()) if last.as_ref().is_some_and(output::is_finished) => break,
             Ok(()) => "the stream ended early".to_string(),
             Err(Follow::Fatal(e)) => {
@@ -60,10 +49,7 @@ pub(crate) async fn watch(url: &str, args: WatchArgs) -> anyhow::Result<()> {
         let since = *outage.get_or_insert_with(Instant::now);
         if since.elapsed() > RECONNECT_FOR {
             view.finish();
-            anyhow::bail!(
-                "lost the coordinator at {url} while watching sweep {}: {broken}",
-                args.sweep
-            );
+            anyhow::bail!("lost the coordinator at {url} while watching sweep {}: {broken}", args.sweep);
         }
         eprintln!("watch: {broken}; reconnecting to {url} in {wait:?}");
         tokio::time::sleep(wait).await;
@@ -74,11 +60,7 @@ pub(crate) async fn watch(url: &str, args: WatchArgs) -> anyhow::Result<()> {
     }
     view.finish();
     let sweep = last.expect("the loop only ends on a finished snapshot");
-    println!(
-        "sweep {} finished: {}",
-        sweep.id,
-        output::counts_line(&sweep)
-    );
+    println!("sweep {} finished: {}", sweep.id, output::counts_line(&sweep));
     Ok(())
 }
 
@@ -107,13 +89,8 @@ async fn follow(
         }
         _ => Follow::Broken(format!("{:?}: {}", s.code(), s.message())),
     };
-    let mut stream = client
-        .watch_sweep(pb::WatchSweepRequest {
-            sweep_id: sweep.to_string(),
-        })
-        .await
-        .map_err(classify)?
-        .into_inner();
+    let mut stream =
+        client.watch_sweep(pb::WatchSweepRequest { sweep_id: sweep.to_string() }).await.map_err(classify)?.into_inner();
     while let Some(item) = stream.next().await {
         let snap = item.map_err(classify)?;
         *outage = None;
@@ -152,23 +129,15 @@ impl Bars {
         let multi = MultiProgress::new();
         let overall = multi.add(ProgressBar::new(0));
         overall.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>12} [{bar:40.cyan/blue}] {pos}/{len} jobs  ETA {eta}  {msg}",
-            )
-            .expect("the template is valid")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{prefix:>12} [{bar:40.cyan/blue}] {pos}/{len} jobs  ETA {eta}  {msg}")
+                .expect("the template is valid")
+                .progress_chars("=> "),
         );
         overall.set_prefix("sweep");
-        let job_style =
-            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} steps  {msg}")
-                .expect("the template is valid")
-                .progress_chars("=> ");
-        Self {
-            multi,
-            overall,
-            jobs: HashMap::new(),
-            job_style,
-        }
+        let job_style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} steps  {msg}")
+            .expect("the template is valid")
+            .progress_chars("=> ");
+        Self { multi, overall, jobs: HashMap::new(), job_style }
     }
 }
 
@@ -178,11 +147,7 @@ impl View for Bars {
         self.overall.set_length(u64::from(sweep.total));
         self.overall.set_position(done(sweep));
         self.overall.set_message(output::counts_line(sweep));
-        let running: Vec<&pb::Job> = snap
-            .jobs
-            .iter()
-            .filter(|j| j.state == pb::JobState::Running as i32)
-            .collect();
+        let running: Vec<&pb::Job> = snap.jobs.iter().filter(|j| j.state == pb::JobState::Running as i32).collect();
         self.jobs.retain(|id, bar| {
             let keep = running.iter().any(|j| &j.id == id);
             if !keep {
@@ -227,12 +192,7 @@ struct Plain {
 impl View for Plain {
     fn update(&mut self, snap: &pb::WatchSweepResponse) {
         let Some(sweep) = &snap.sweep else { return };
-        let line = format!(
-            "{}/{} done  {}",
-            done(sweep),
-            sweep.total,
-            output::counts_line(sweep)
-        );
+        let line = format!("{}/{} done  {}", done(sweep), sweep.total, output::counts_line(sweep));
         let stale = self.last_print.is_none_or(|t| t.elapsed() >= PLAIN_EVERY);
         if line != self.last_line || stale {
             println!("{line}");

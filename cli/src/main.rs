@@ -4,9 +4,9 @@
 mod bench_coordinator;
 mod client;
 mod cmd_adapter;
-mod cmd_generate;
 mod cmd_bench_train;
 mod cmd_demo;
+mod cmd_generate;
 mod cmd_jobs;
 mod cmd_results;
 mod cmd_serve;
@@ -123,9 +123,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => rt()?.block_on(cmd_demo::run(args)),
         Command::Coordinator(args) => rt()?.block_on(cmd_serve::coordinator(args)),
         Command::Worker(args) => rt()?.block_on(cmd_serve::worker(url, &cli.connect, args)),
-        Command::Bench { which: BenchCommand::Coordinator(args) } => {
-            rt()?.block_on(bench_coordinator::run(url, args))
-        }
+        Command::Bench { which: BenchCommand::Coordinator(args) } => rt()?.block_on(bench_coordinator::run(url, args)),
         Command::Bench { which: BenchCommand::Train(args) } => cmd_bench_train::run(args),
         Command::Train(args) => cmd_train::run(args),
         Command::Generate(args) => cmd_generate::run(args),

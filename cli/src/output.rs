@@ -18,8 +18,7 @@ pub(crate) fn state_name(wire: i32) -> &'static str {
 
 /// A sweep's counts as `{state: n}`, with every state present (0 when absent on the wire).
 pub(crate) fn counts(sweep: &pb::Sweep) -> BTreeMap<&'static str, u32> {
-    let mut map: BTreeMap<&'static str, u32> =
-        JobState::ALL.iter().map(|s| (s.name(), 0)).collect();
+    let mut map: BTreeMap<&'static str, u32> = JobState::ALL.iter().map(|s| (s.name(), 0)).collect();
     for c in &sweep.counts {
         *map.entry(state_name(c.state)).or_default() += c.count;
     }
@@ -68,11 +67,7 @@ pub(crate) fn job_json(job: &pb::Job) -> Value {
 /// become `null` (JSON has no NaN).
 pub(crate) fn curve_json(curve: &pb::GetCurveResponse) -> Value {
     let pairs = |steps: &[u64], losses: &[f64]| -> Vec<Value> {
-        steps
-            .iter()
-            .zip(losses)
-            .map(|(s, l)| json!([s, l]))
-            .collect()
+        steps.iter().zip(losses).map(|(s, l)| json!([s, l])).collect()
     };
     json!({
         "train": pairs(&curve.train_steps, &curve.train_losses),
@@ -108,22 +103,11 @@ pub(crate) fn worker_json(w: &pb::WorkerInfo) -> Value {
 /// Left-aligned columns separated by two spaces; the first row is the header.
 pub(crate) fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(c, cell)| format!("{cell:<w$}", w = widths[c]))
-            .collect();
+        let line: Vec<String> = row.iter().enumerate().map(|(c, cell)| format!("{cell:<w$}", w = widths[c])).collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
@@ -137,16 +121,9 @@ pub(crate) fn loss(value: Option<f64>) -> String {
 
 /// Counts as `succeeded=3 running=1 ...`, skipping zeros.
 pub(crate) fn counts_line(sweep: &pb::Sweep) -> String {
-    let parts: Vec<String> = counts(sweep)
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(s, n)| format!("{s}={n}"))
-        .collect();
-    if parts.is_empty() {
-        "no jobs".into()
-    } else {
-        parts.join(" ")
-    }
+    let parts: Vec<String> =
+        counts(sweep).into_iter().filter(|(_, n)| *n > 0).map(|(s, n)| format!("{s}={n}")).collect();
+    if parts.is_empty() { "no jobs".into() } else { parts.join(" ") }
 }
 
 #[cfg(test)]
@@ -159,14 +136,8 @@ mod tests {
             name: "demo".into(),
             total: 3,
             counts: vec![
-                pb::StateCount {
-                    state: pb::JobState::Succeeded as i32,
-                    count: 2,
-                },
-                pb::StateCount {
-                    state: pb::JobState::Running as i32,
-                    count: 1,
-                },
+                pb::StateCount { state: pb::JobState::Succeeded as i32, count: 2 },
+                pb::StateCount { state: pb::JobState::Running as i32, count: 1 },
             ],
             ..Default::default()
         }
@@ -195,18 +166,12 @@ mod tests {
         assert_eq!(v["train"][0], json!([1, 2.5]));
         assert!(v["train"][1][1].is_null(), "NaN becomes null");
         assert_eq!(v["eval"], json!([[0, 2.381]]));
-        assert_eq!(
-            curve_csv(&c),
-            "series,step,loss\ntrain,1,2.5\ntrain,2,NaN\neval,0,2.381\n"
-        );
+        assert_eq!(curve_csv(&c), "series,step,loss\ntrain,1,2.5\ntrain,2,NaN\neval,0,2.381\n");
     }
 
     #[test]
     fn table_aligns_columns() {
-        let t = table(&[
-            vec!["a".into(), "bb".into()],
-            vec!["ccc".into(), "d".into()],
-        ]);
+        let t = table(&[vec!["a".into(), "bb".into()], vec!["ccc".into(), "d".into()]]);
         assert_eq!(t, "a    bb\nccc  d\n");
     }
 }

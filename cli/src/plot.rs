@@ -65,38 +65,18 @@ pub(crate) fn write_all(
     // Each figure twice: raster for the README and quick looks, vector for papers.
     for (name, range) in [("loss_vs_lr", None), ("loss_vs_lr_zoom", zoom)] {
         let png = out.join(format!("{name}.png"));
-        loss_vs_lr(
-            BitMapBackend::new(&png, SIZE).into_drawing_area(),
-            results,
-            title,
-            range,
-        )?;
+        loss_vs_lr(BitMapBackend::new(&png, SIZE).into_drawing_area(), results, title, range)?;
         written.push(png);
         let svg = out.join(format!("{name}.svg"));
-        loss_vs_lr(
-            SVGBackend::new(&svg, SIZE).into_drawing_area(),
-            results,
-            title,
-            range,
-        )?;
+        loss_vs_lr(SVGBackend::new(&svg, SIZE).into_drawing_area(), results, title, range)?;
         written.push(svg);
     }
     if !curves.is_empty() {
         let png = out.join(format!("{curve_name}.png"));
-        eval_curves(
-            BitMapBackend::new(&png, SIZE).into_drawing_area(),
-            curves,
-            curves_lr,
-            title,
-        )?;
+        eval_curves(BitMapBackend::new(&png, SIZE).into_drawing_area(), curves, curves_lr, title)?;
         written.push(png);
         let svg = out.join(format!("{curve_name}.svg"));
-        eval_curves(
-            SVGBackend::new(&svg, SIZE).into_drawing_area(),
-            curves,
-            curves_lr,
-            title,
-        )?;
+        eval_curves(SVGBackend::new(&svg, SIZE).into_drawing_area(), curves, curves_lr, title)?;
         written.push(svg);
     }
     Ok(written)
@@ -106,12 +86,7 @@ pub(crate) fn write_all(
 /// exploded cell. A cell counts as exploded when it diverged or its mean is more than 25% above
 /// the best mean of the sweep, the same eyeballed cut the study's zoomed plot makes.
 fn zoom_range(r: &Results) -> Option<(f64, f64)> {
-    let means: Vec<f64> = r
-        .cells
-        .iter()
-        .filter_map(|c| c.mean)
-        .filter(|m| m.is_finite())
-        .collect();
+    let means: Vec<f64> = r.cells.iter().filter_map(|c| c.mean).filter(|m| m.is_finite()).collect();
     let lo = means.iter().copied().fold(f64::INFINITY, f64::min);
     if !lo.is_finite() {
         return None;
@@ -142,19 +117,9 @@ where
         _ => (1e-4, 1e-2),
     };
     let (y_lo, y_hi) = y_range.unwrap_or_else(|| {
-        let vals = r
-            .cells
-            .iter()
-            .filter_map(|c| Some(c.mean? + c.std.unwrap_or(0.0)))
-            .filter(|v| v.is_finite());
-        let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-            (lo.min(v), hi.max(v))
-        });
-        if lo.is_finite() {
-            (lo - 0.05 * (hi - lo + 0.1), hi + 0.05 * (hi - lo + 0.1))
-        } else {
-            (0.0, 1.0)
-        }
+        let vals = r.cells.iter().filter_map(|c| Some(c.mean? + c.std.unwrap_or(0.0))).filter(|v| v.is_finite());
+        let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        if lo.is_finite() { (lo - 0.05 * (hi - lo + 0.1), hi + 0.05 * (hi - lo + 0.1)) } else { (0.0, 1.0) }
     });
     let caption = match y_range {
         Some(_) => format!("{title}: final eval loss vs lr (zoomed; exploded cells clipped)"),
@@ -186,27 +151,14 @@ where
             })
             .collect();
         chart
-            .draw_series(LineSeries::new(
-                points.iter().map(|p| (p.0, p.1)),
-                c.stroke_width(3),
-            ))
+            .draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1)), c.stroke_width(3)))
             .map_err(draw_err)?
             .label(init.title())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
         chart
-            .draw_series(
-                points
-                    .iter()
-                    .map(|&(x, m, s)| ErrorBar::new_vertical(x, m - s, m, m + s, c.filled(), 10)),
-            )
+            .draw_series(points.iter().map(|&(x, m, s)| ErrorBar::new_vertical(x, m - s, m, m + s, c.filled(), 10)))
             .map_err(draw_err)?;
-        chart
-            .draw_series(
-                points
-                    .iter()
-                    .map(|&(x, m, _)| Circle::new((x, m), 5, c.filled())),
-            )
-            .map_err(draw_err)?;
+        chart.draw_series(points.iter().map(|&(x, m, _)| Circle::new((x, m), 5, c.filled()))).map_err(draw_err)?;
     }
     chart
         .configure_series_labels()
@@ -230,27 +182,16 @@ where
     DB::ErrorType: 'static,
 {
     area.fill(&WHITE).map_err(draw_err)?;
-    let all = curves
-        .iter()
-        .flat_map(|(_, cs)| cs.iter().flatten())
-        .filter(|p| p.1.is_finite());
-    let (x_hi, y_lo, y_hi) = all.fold(
-        (1u64, f64::INFINITY, f64::NEG_INFINITY),
-        |(x, lo, hi), p| (x.max(p.0), lo.min(p.1), hi.max(p.1)),
-    );
+    let all = curves.iter().flat_map(|(_, cs)| cs.iter().flatten()).filter(|p| p.1.is_finite());
+    let (x_hi, y_lo, y_hi) =
+        all.fold((1u64, f64::INFINITY, f64::NEG_INFINITY), |(x, lo, hi), p| (x.max(p.0), lo.min(p.1), hi.max(p.1)));
     let (y_lo, y_hi) = if y_lo.is_finite() {
-        (
-            y_lo - 0.02 * (y_hi - y_lo + 0.1),
-            y_hi + 0.02 * (y_hi - y_lo + 0.1),
-        )
+        (y_lo - 0.02 * (y_hi - y_lo + 0.1), y_hi + 0.02 * (y_hi - y_lo + 0.1))
     } else {
         (0.0, 1.0)
     };
     let mut chart = ChartBuilder::on(&area)
-        .caption(
-            format!("{title}: eval loss during training at lr {}", fmt_lr(lr)),
-            ("sans-serif", 28),
-        )
+        .caption(format!("{title}: eval loss during training at lr {}", fmt_lr(lr)), ("sans-serif", 28))
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(80)
@@ -268,15 +209,12 @@ where
         let c = colour(*init);
         for (k, curve) in seeds.iter().enumerate() {
             let series = chart
-                .draw_series(LineSeries::new(
-                    curve.iter().copied().filter(|p| p.1.is_finite()),
-                    c.stroke_width(2),
-                ))
+                .draw_series(LineSeries::new(curve.iter().copied().filter(|p| p.1.is_finite()), c.stroke_width(2)))
                 .map_err(draw_err)?;
             if k == 0 {
-                series.label(init.title()).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3))
-                });
+                series
+                    .label(init.title())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
             }
         }
     }
@@ -291,9 +229,7 @@ where
     Ok(())
 }
 
-fn draw_err<E: std::error::Error + Send + Sync + 'static>(
-    e: DrawingAreaErrorKind<E>,
-) -> anyhow::Error {
+fn draw_err<E: std::error::Error + Send + Sync + 'static>(e: DrawingAreaErrorKind<E>) -> anyhow::Error {
     anyhow::anyhow!("drawing failed: {e}")
 }
 
@@ -315,30 +251,16 @@ mod tests {
                         init,
                         lr,
                         seed,
-                        state: if exploded {
-                            JobState::Diverged
-                        } else {
-                            JobState::Succeeded
-                        },
-                        final_eval_loss: Some(if exploded {
-                            8.0
-                        } else {
-                            2.2 + lr * 10.0 + seed as f64 * 0.01
-                        }),
+                        state: if exploded { JobState::Diverged } else { JobState::Succeeded },
+                        final_eval_loss: Some(if exploded { 8.0 } else { 2.2 + lr * 10.0 + seed as f64 * 0.01 }),
                     });
                 }
             }
         }
         let r = Results::compute(&jobs);
         let zoom = zoom_range(&r).unwrap();
-        assert!(
-            zoom.1 < 3.0,
-            "exploded cells are clipped from the zoomed range: {zoom:?}"
-        );
-        let curves = vec![(
-            LoraInit::Standard,
-            vec![vec![(0, 3.0), (8, 2.5), (16, 2.3)]],
-        )];
+        assert!(zoom.1 < 3.0, "exploded cells are clipped from the zoomed range: {zoom:?}");
+        let curves = vec![(LoraInit::Standard, vec![vec![(0, 3.0), (8, 2.5), (16, 2.3)]])];
         let dir = tempfile::tempdir()?;
         let written = write_all(&r, &curves, 1e-3, "test", dir.path())?;
         assert_eq!(written.len(), 6);
@@ -348,11 +270,7 @@ mod tests {
                 assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", p.display());
             } else {
                 let text = String::from_utf8(bytes)?;
-                assert!(
-                    text.contains("<svg") && text.contains("Standard"),
-                    "{}",
-                    p.display()
-                );
+                assert!(text.contains("<svg") && text.contains("Standard"), "{}", p.display());
             }
         }
         Ok(())

@@ -68,10 +68,7 @@ pub(crate) struct Results {
 impl Results {
     /// Computes the tables from a sweep's jobs.
     pub(crate) fn compute(jobs: &[JobResult]) -> Self {
-        let inits: Vec<LoraInit> = LoraInit::ALL
-            .into_iter()
-            .filter(|i| jobs.iter().any(|j| j.init == *i))
-            .collect();
+        let inits: Vec<LoraInit> = LoraInit::ALL.into_iter().filter(|i| jobs.iter().any(|j| j.init == *i)).collect();
         let mut lrs: Vec<f64> = Vec::new();
         for j in jobs {
             if !lrs.iter().any(|l| same_lr(*l, j.lr)) {
@@ -83,11 +80,7 @@ impl Results {
         let mut cells = Vec::with_capacity(lrs.len() * inits.len());
         for &lr in &lrs {
             for &init in &inits {
-                cells.push(cell(
-                    init,
-                    lr,
-                    jobs.iter().filter(|j| j.init == init && same_lr(j.lr, lr)),
-                ));
+                cells.push(cell(init, lr, jobs.iter().filter(|j| j.init == init && same_lr(j.lr, lr))));
             }
         }
         let width = inits.len();
@@ -110,21 +103,14 @@ impl Results {
                 let best = (0..lrs.len())
                     .filter_map(|row| {
                         let c = &cells[row * width + col];
-                        c.mean
-                            .filter(|m| m.is_finite() && c.complete())
-                            .map(|m| (lrs[row], m))
+                        c.mean.filter(|m| m.is_finite() && c.complete()).map(|m| (lrs[row], m))
                     })
                     .min_by(|a, b| a.1.total_cmp(&b.1))
                     .map(|(lr, _)| lr);
                 (init, best)
             })
             .collect();
-        Self {
-            inits,
-            lrs,
-            cells,
-            best_lr,
-        }
+        Self { inits, lrs, cells, best_lr }
     }
 
     /// The cell at (row, col).
@@ -160,25 +146,9 @@ fn cell<'a>(init: LoraInit, lr: f64, jobs: impl Iterator<Item = &'a JobResult>) 
     let n = values.len();
     let mean = (n > 0).then(|| values.iter().sum::<f64>() / n as f64);
     let std = mean.map(|m| {
-        if n < 2 {
-            0.0
-        } else {
-            (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-        }
+        if n < 2 { 0.0 } else { (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() }
     });
-    Cell {
-        init,
-        lr,
-        mean,
-        std,
-        n,
-        jobs: n_jobs,
-        diverged,
-        failed,
-        cancelled,
-        pending,
-        vs_standard_pct: None,
-    }
+    Cell { init, lr, mean, std, n, jobs: n_jobs, diverged, failed, cancelled, pending, vs_standard_pct: None }
 }
 
 /// Formats an lr as the study writes it: `1e-4`, `2e-3`, `1e-2`.
@@ -195,47 +165,19 @@ mod tests {
     use super::*;
 
     fn job(init: LoraInit, lr: f64, seed: u64, state: JobState, loss: Option<f64>) -> JobResult {
-        JobResult {
-            init,
-            lr,
-            seed,
-            state,
-            final_eval_loss: loss,
-        }
+        JobResult { init, lr, seed, state, final_eval_loss: loss }
     }
 
     #[test]
     fn mean_std_and_relative_to_standard() {
         let jobs = vec![
-            job(
-                LoraInit::Reversed,
-                1e-3,
-                42,
-                JobState::Succeeded,
-                Some(2.26),
-            ),
-            job(
-                LoraInit::Reversed,
-                1e-3,
-                43,
-                JobState::Succeeded,
-                Some(2.28),
-            ),
+            job(LoraInit::Reversed, 1e-3, 42, JobState::Succeeded, Some(2.26)),
+            job(LoraInit::Reversed, 1e-3, 43, JobState::Succeeded, Some(2.28)),
             job(LoraInit::Standard, 1e-3, 42, JobState::Succeeded, Some(2.2)),
-            job(
-                LoraInit::Standard,
-                1e-3,
-                43,
-                JobState::Succeeded,
-                Some(2.24),
-            ),
+            job(LoraInit::Standard, 1e-3, 43, JobState::Succeeded, Some(2.24)),
         ];
         let r = Results::compute(&jobs);
-        assert_eq!(
-            r.inits,
-            vec![LoraInit::Standard, LoraInit::Reversed],
-            "study's column order"
-        );
+        assert_eq!(r.inits, vec![LoraInit::Standard, LoraInit::Reversed], "study's column order");
         let std_cell = r.at(0, 0);
         assert!((std_cell.mean.unwrap() - 2.22).abs() < 1e-12);
         // Sample std of {2.2, 2.24} = 0.04 / sqrt(2).
@@ -261,28 +203,10 @@ mod tests {
     #[test]
     fn incomplete_failed_and_diverged_cells_are_counted_and_best_lr_skips_them() {
         let jobs = vec![
-            job(
-                LoraInit::Standard,
-                1e-4,
-                42,
-                JobState::Succeeded,
-                Some(2.30),
-            ),
-            job(
-                LoraInit::Standard,
-                1e-4,
-                43,
-                JobState::Succeeded,
-                Some(2.32),
-            ),
+            job(LoraInit::Standard, 1e-4, 42, JobState::Succeeded, Some(2.30)),
+            job(LoraInit::Standard, 1e-4, 43, JobState::Succeeded, Some(2.32)),
             // Lower, but incomplete: one seed still running.
-            job(
-                LoraInit::Standard,
-                1e-3,
-                42,
-                JobState::Succeeded,
-                Some(2.10),
-            ),
+            job(LoraInit::Standard, 1e-3, 42, JobState::Succeeded, Some(2.10)),
             job(LoraInit::Standard, 1e-3, 43, JobState::Running, None),
             // Diverged values count in the mean, as in the study's exploded cells.
             job(LoraInit::Standard, 1e-2, 42, JobState::Diverged, Some(9.0)),

@@ -62,24 +62,13 @@ fn table(header: &[String], rows: &[Vec<String>], markdown: bool) -> String {
         }
     }
     let line = |cells: &[String]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect();
-        if markdown {
-            format!("| {} |\n", padded.join(" | "))
-        } else {
-            format!("{}\n", padded.join("  "))
-        }
+        let padded: Vec<String> =
+            cells.iter().zip(&widths).map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count()))).collect();
+        if markdown { format!("| {} |\n", padded.join(" | ")) } else { format!("{}\n", padded.join("  ")) }
     };
     let mut out = line(header);
     let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-    out.push_str(&if markdown {
-        format!("|-{}-|\n", rule.join("-|-"))
-    } else {
-        format!("{}\n", rule.join("  "))
-    });
+    out.push_str(&if markdown { format!("|-{}-|\n", rule.join("-|-")) } else { format!("{}\n", rule.join("  ")) });
     for row in rows {
         out.push_str(&line(row));
     }
@@ -100,10 +89,7 @@ fn text(r: &Results, title: &str, markdown: bool) -> String {
     };
     let h = if markdown { "## " } else { "" };
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{h}Final eval loss — {title} (mean ± std over seeds)\n"
-    );
+    let _ = writeln!(out, "{h}Final eval loss — {title} (mean ± std over seeds)\n");
     out.push_str(&table(&header, &rows(loss_cell), markdown));
     let _ = writeln!(out, "\n{h}Relative to Standard at the same lr\n");
     out.push_str(&table(&header, &rows(pct_cell), markdown));
@@ -112,16 +98,8 @@ fn text(r: &Results, title: &str, markdown: bool) -> String {
         let bullet = if markdown { "- " } else { "  " };
         match lr {
             Some(lr) => {
-                let col = r
-                    .inits
-                    .iter()
-                    .position(|i| i == init)
-                    .expect("best_lr lists only present inits");
-                let row = r
-                    .lrs
-                    .iter()
-                    .position(|l| l == lr)
-                    .expect("best lr is one of the rows");
+                let col = r.inits.iter().position(|i| i == init).expect("best_lr lists only present inits");
+                let row = r.lrs.iter().position(|l| l == lr).expect("best lr is one of the rows");
                 let mean = r.at(row, col).mean.unwrap_or(f64::NAN);
                 let _ = writeln!(out, "{bullet}{}: {} ({mean:.4})", init.title(), fmt_lr(*lr));
             }
@@ -136,39 +114,24 @@ fn text(r: &Results, title: &str, markdown: bool) -> String {
         .filter(|c| c.diverged + c.failed + c.cancelled + c.pending > 0)
         .map(|c| {
             let mut parts = Vec::new();
-            for (n, what) in [
-                (c.diverged, "diverged"),
-                (c.failed, "failed"),
-                (c.cancelled, "cancelled"),
-                (c.pending, "pending"),
-            ] {
+            for (n, what) in
+                [(c.diverged, "diverged"), (c.failed, "failed"), (c.cancelled, "cancelled"), (c.pending, "pending")]
+            {
                 if n > 0 {
                     parts.push(format!("{n} {what}"));
                 }
             }
-            format!(
-                "{} @ {}: {} of {}",
-                c.init.title(),
-                fmt_lr(c.lr),
-                parts.join(", "),
-                c.jobs
-            )
+            format!("{} @ {}: {} of {}", c.init.title(), fmt_lr(c.lr), parts.join(", "), c.jobs)
         })
         .collect();
     if !notes.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n{h}Cells with diverged, failed, cancelled or pending jobs\n"
-        );
+        let _ = writeln!(out, "\n{h}Cells with diverged, failed, cancelled or pending jobs\n");
         for n in notes {
             let _ = writeln!(out, "{}{n}", if markdown { "- " } else { "  " });
         }
     }
     if r.cells.iter().any(|c| !c.complete() && c.n > 0) {
-        let _ = writeln!(
-            out,
-            "\n`*`: incomplete cell (not every seed has a final eval loss)."
-        );
+        let _ = writeln!(out, "\n`*`: incomplete cell (not every seed has a final eval loss).");
     }
     out
 }
@@ -178,8 +141,7 @@ fn opt(v: Option<f64>) -> String {
 }
 
 fn csv(r: &Results) -> String {
-    let mut out =
-        String::from("init,lr,mean,std,n,jobs,diverged,failed,cancelled,pending,vs_standard_pct\n");
+    let mut out = String::from("init,lr,mean,std,n,jobs,diverged,failed,cancelled,pending,vs_standard_pct\n");
     for c in &r.cells {
         let _ = writeln!(
             out,
@@ -201,11 +163,8 @@ fn csv(r: &Results) -> String {
 }
 
 fn json(r: &Results) -> String {
-    let best: serde_json::Map<String, serde_json::Value> = r
-        .best_lr
-        .iter()
-        .map(|(i, lr)| (i.name().to_string(), json!(lr)))
-        .collect();
+    let best: serde_json::Map<String, serde_json::Value> =
+        r.best_lr.iter().map(|(i, lr)| (i.name().to_string(), json!(lr))).collect();
     let v = json!({
         "inits": r.inits.iter().map(|i| i.name()).collect::<Vec<_>>(),
         "lrs": r.lrs,
@@ -232,16 +191,8 @@ mod tests {
                         init,
                         lr,
                         seed,
-                        state: if diverge {
-                            JobState::Diverged
-                        } else {
-                            JobState::Succeeded
-                        },
-                        final_eval_loss: Some(if diverge {
-                            7.0
-                        } else {
-                            base + k as f64 * 0.01 + seed as f64 * 1e-3
-                        }),
+                        state: if diverge { JobState::Diverged } else { JobState::Succeeded },
+                        final_eval_loss: Some(if diverge { 7.0 } else { base + k as f64 * 0.01 + seed as f64 * 1e-3 }),
                     });
                 }
             }

@@ -24,13 +24,8 @@ pub enum LoraInit {
 
 impl LoraInit {
     /// All inits, in the column order of the study's tables.
-    pub const ALL: [LoraInit; 5] = [
-        LoraInit::Standard,
-        LoraInit::Reversed,
-        LoraInit::OrthoEye,
-        LoraInit::OrthoQrConst,
-        LoraInit::OrthoQrMatch,
-    ];
+    pub const ALL: [LoraInit; 5] =
+        [LoraInit::Standard, LoraInit::Reversed, LoraInit::OrthoEye, LoraInit::OrthoQrConst, LoraInit::OrthoQrMatch];
 
     /// The name used on the command line, in sweep files and on the wire.
     pub fn name(self) -> &'static str {

@@ -33,7 +33,9 @@ pub use store::DB_FILE;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use lorasweep_proto::pb::{artifacts_server::ArtifactsServer, sweeps_server::SweepsServer, workers_server::WorkersServer};
+use lorasweep_proto::pb::{
+    artifacts_server::ArtifactsServer, sweeps_server::SweepsServer, workers_server::WorkersServer,
+};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};

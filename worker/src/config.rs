@@ -51,18 +51,10 @@ pub struct WorkerArgs {
 
 /// The worker binary's flags.
 #[derive(Debug, clap::Parser)]
-#[command(
-    name = "lorasweep-worker",
-    version,
-    about = "lorasweep worker daemon: leases jobs and trains them"
-)]
+#[command(name = "lorasweep-worker", version, about = "lorasweep worker daemon: leases jobs and trains them")]
 pub struct WorkerCli {
     /// The coordinator's gRPC address.
-    #[arg(
-        long,
-        env = "LORASWEEP_COORDINATOR",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long, env = "LORASWEEP_COORDINATOR", default_value = "http://127.0.0.1:50051")]
     pub coordinator: String,
     /// Token and TLS.
     #[command(flatten)]
@@ -105,18 +97,12 @@ impl Config {
         let device = args.device.trim().to_string();
         let device_ok = device == "cpu"
             || device == "cuda"
-            || device
-                .strip_prefix("cuda:")
-                .is_some_and(|n| n.parse::<u32>().is_ok());
+            || device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
         if !device_ok {
-            return Err(WorkerError::Config(format!(
-                "--device {device:?}: expected `cpu`, `cuda` or `cuda:N`"
-            )));
+            return Err(WorkerError::Config(format!("--device {device:?}: expected `cpu`, `cuda` or `cuda:N`")));
         }
         if args.max_backoff_ms == 0 {
-            return Err(WorkerError::Config(
-                "--max-backoff-ms must be positive".into(),
-            ));
+            return Err(WorkerError::Config("--max-backoff-ms must be positive".into()));
         }
         let name = match args.name {
             Some(n) if !n.trim().is_empty() => n.trim().to_string(),
@@ -184,9 +170,7 @@ mod tests {
     fn bad_values_name_the_flag() {
         let err = parse(&["w", "--device", "gpu0"]).unwrap_err().to_string();
         assert!(err.contains("--device") && err.contains("gpu0"), "{err}");
-        let err = parse(&["w", "--coordinator", "localhost:1"])
-            .unwrap_err()
-            .to_string();
+        let err = parse(&["w", "--coordinator", "localhost:1"]).unwrap_err().to_string();
         assert!(err.contains("--coordinator"), "{err}");
         let err = parse(&["w", "--name", " "]).unwrap_err().to_string();
         assert!(err.contains("--name"), "{err}");

@@ -24,13 +24,7 @@ pub struct ConnectArgs {
     #[arg(long, global = true, env = "LORASWEEP_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// The token itself (prefer the file: a flag shows in `ps`).
-    #[arg(
-        long,
-        global = true,
-        env = "LORASWEEP_TOKEN",
-        hide = true,
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "LORASWEEP_TOKEN", hide = true, hide_env_values = true)]
     pub token: Option<String>,
     /// PEM certificate of the CA that signed the coordinator's TLS certificate; needed for an
     /// `https://` coordinator URL.
@@ -63,11 +57,7 @@ impl fmt::Debug for Remote {
 impl Remote {
     /// A coordinator at `url` without token or CA (a local, open coordinator).
     pub fn plain(url: &str) -> Self {
-        Self {
-            url: url.to_string(),
-            bearer: None,
-            ca: None,
-        }
+        Self { url: url.to_string(), bearer: None, ca: None }
     }
 
     /// Reads the token and CA that `args` point to.
@@ -80,13 +70,10 @@ impl Remote {
         let bad = |m: String| WorkerError::Config(m);
         let token = match (&args.token_file, &args.token) {
             (Some(_), Some(_)) => {
-                return Err(bad(
-                    "both --token-file and LORASWEEP_TOKEN are set; give the token once".into(),
-                ));
+                return Err(bad("both --token-file and LORASWEEP_TOKEN are set; give the token once".into()));
             }
             (Some(path), None) => Some((
-                std::fs::read_to_string(path)
-                    .map_err(|e| bad(format!("--token-file {}: {e}", path.display())))?,
+                std::fs::read_to_string(path).map_err(|e| bad(format!("--token-file {}: {e}", path.display())))?,
                 format!("--token-file {}", path.display()),
             )),
             (None, Some(t)) => Some((t.clone(), "LORASWEEP_TOKEN".to_string())),
@@ -106,23 +93,15 @@ impl Remote {
             }
         };
         let ca = match &args.tls_ca {
-            Some(path) => {
-                Some(Certificate::from_pem(std::fs::read(path).map_err(|e| {
-                    bad(format!("--tls-ca {}: {e}", path.display()))
-                })?))
-            }
+            Some(path) => Some(Certificate::from_pem(
+                std::fs::read(path).map_err(|e| bad(format!("--tls-ca {}: {e}", path.display())))?,
+            )),
             None => None,
         };
         if url.starts_with("https://") && ca.is_none() {
-            return Err(bad(format!(
-                "coordinator {url} uses TLS: give --tls-ca (or LORASWEEP_TLS_CA)"
-            )));
+            return Err(bad(format!("coordinator {url} uses TLS: give --tls-ca (or LORASWEEP_TLS_CA)")));
         }
-        Ok(Self {
-            url: url.to_string(),
-            bearer,
-            ca,
-        })
+        Ok(Self { url: url.to_string(), bearer, ca })
     }
 
     /// The coordinator's URL.
@@ -135,15 +114,10 @@ impl Remote {
     /// # Errors
     /// [`WorkerError::Endpoint`] when the URL does not parse or TLS cannot be set up.
     pub fn endpoint(&self) -> Result<Endpoint, WorkerError> {
-        let endpoint_err = |source| WorkerError::Endpoint {
-            url: self.url.clone(),
-            source,
-        };
+        let endpoint_err = |source| WorkerError::Endpoint { url: self.url.clone(), source };
         let mut endpoint = Endpoint::from_shared(self.url.clone()).map_err(endpoint_err)?;
         if let (true, Some(ca)) = (self.url.starts_with("https://"), &self.ca) {
-            endpoint = endpoint
-                .tls_config(ClientTlsConfig::new().ca_certificate(ca.clone()))
-                .map_err(endpoint_err)?;
+            endpoint = endpoint.tls_config(ClientTlsConfig::new().ca_certificate(ca.clone())).map_err(endpoint_err)?;
         }
         Ok(endpoint)
     }
@@ -163,20 +137,14 @@ pub struct Bearer(Option<MetadataValue<Ascii>>);
 
 impl fmt::Debug for Bearer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Bearer(<set>)"
-        } else {
-            "Bearer(none)"
-        })
+        f.write_str(if self.0.is_some() { "Bearer(<set>)" } else { "Bearer(none)" })
     }
 }
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
+            request.metadata_mut().insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -187,15 +155,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_comes_from_a_file_or_the_environment_but_not_both()
-    -> Result<(), Box<dyn std::error::Error>> {
+    fn token_comes_from_a_file_or_the_environment_but_not_both() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("token");
         std::fs::write(&file, "worker-0123456789abcdef\n")?;
-        let args = ConnectArgs {
-            token_file: Some(file.clone()),
-            ..Default::default()
-        };
+        let args = ConnectArgs { token_file: Some(file.clone()), ..Default::default() };
         let remote = Remote::new("http://h:1", &args)?;
         let mut bearer = Bearer(remote.bearer.clone());
         let req = bearer.call(Request::new(()))?;
@@ -203,35 +167,13 @@ mod tests {
             req.metadata().get("authorization").map(|v| v.to_str().ok()),
             Some(Some("Bearer worker-0123456789abcdef"))
         );
-        assert!(
-            !format!("{remote:?}").contains("0123456789"),
-            "Debug hides the token"
-        );
+        assert!(!format!("{remote:?}").contains("0123456789"), "Debug hides the token");
 
-        let both = ConnectArgs {
-            token_file: Some(file),
-            token: Some("x".into()),
-            tls_ca: None,
-        };
-        assert!(
-            Remote::new("http://h:1", &both)
-                .unwrap_err()
-                .to_string()
-                .contains("give the token once")
-        );
-        let empty = ConnectArgs {
-            token: Some("  ".into()),
-            ..Default::default()
-        };
-        assert!(
-            Remote::new("http://h:1", &empty)
-                .unwrap_err()
-                .to_string()
-                .contains("empty")
-        );
-        let https = Remote::new("https://h:1", &ConnectArgs::default())
-            .unwrap_err()
-            .to_string();
+        let both = ConnectArgs { token_file: Some(file), token: Some("x".into()), tls_ca: None };
+        assert!(Remote::new("http://h:1", &both).unwrap_err().to_string().contains("give the token once"));
+        let empty = ConnectArgs { token: Some("  ".into()), ..Default::default() };
+        assert!(Remote::new("http://h:1", &empty).unwrap_err().to_string().contains("empty"));
+        let https = Remote::new("https://h:1", &ConnectArgs::default()).unwrap_err().to_string();
         assert!(https.contains("--tls-ca"), "{https}");
         let none = Bearer(None).call(Request::new(()))?;
         assert!(none.metadata().get("authorization").is_none());

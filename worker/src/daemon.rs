@@ -36,9 +36,7 @@ pub fn make_trainer(config: &Config) -> Result<Box<dyn Trainer>, WorkerError> {
         TrainerKind::Synthetic => Ok(Box::new(SyntheticTrainer::new(config.synthetic_step))),
         TrainerKind::Candle => crate::train::CandleTrainer::new(&config.device)
             .map(|t| Box::new(t) as Box<dyn Trainer>)
-            .map_err(|e| {
-                WorkerError::TrainerUnavailable(format!("candle on {}: {e}", config.device))
-            }),
+            .map_err(|e| WorkerError::TrainerUnavailable(format!("candle on {}: {e}", config.device))),
     }
 }
 
@@ -49,11 +47,7 @@ pub fn make_trainer(config: &Config) -> Result<Box<dyn Trainer>, WorkerError> {
 /// An unreachable coordinator is waited for, not an error.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let mut trainer = make_trainer(&config)?;
-    let endpoint = config
-        .remote
-        .endpoint()?
-        .timeout(CALL_TIMEOUT)
-        .connect_timeout(CONNECT_TIMEOUT);
+    let endpoint = config.remote.endpoint()?.timeout(CALL_TIMEOUT).connect_timeout(CONNECT_TIMEOUT);
     // Lazy: the channel (re)connects on use, so a coordinator restart needs nothing from us.
     let client = WorkersClient::new(config.remote.authed(endpoint.connect_lazy()));
     // Artifacts get their own channel without the per-call timeout: a large checkpoint may take
@@ -69,10 +63,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     while !shutdown.is_cancelled() {
         let leased = {
             let mut c = client.clone();
-            c.lease_job(pb::LeaseJobRequest {
-                worker_id: ctx.worker_id.clone(),
-            })
-            .await
+            c.lease_job(pb::LeaseJobRequest { worker_id: ctx.worker_id.clone() }).await
         };
         match leased {
             Ok(resp) => match resp.into_inner().lease {

@@ -21,6 +21,7 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     checkpoint::{self, ArtifactLink},
@@ -87,10 +88,7 @@ impl JobControl {
 
     /// Drops the attempt; the first reason sticks.
     pub(crate) fn stop(&self, reason: StopReason) {
-        let mut r = self
-            .reason
-            .lock()
-            .expect("no code panics while holding this lock");
+        let mut r = self.reason.lock().expect("no code panics while holding this lock");
         r.get_or_insert(reason);
         self.drop_token.cancel();
     }
@@ -106,19 +104,12 @@ impl JobControl {
     }
 
     fn reason(&self) -> Option<StopReason> {
-        *self
-            .reason
-            .lock()
-            .expect("no code panics while holding this lock")
+        *self.reason.lock().expect("no code panics while holding this lock")
     }
 
     /// `None` while the worker runs; during shutdown, the moment to stop retrying.
     pub(crate) fn final_deadline(&self) -> Option<Instant> {
-        self.shutdown.is_cancelled().then(|| {
-            *self
-                .deadline
-                .get_or_init(|| Instant::now() + SHUTDOWN_GRACE)
-        })
+        self.shutdown.is_cancelled().then(|| *self.deadline.get_or_init(|| Instant::now() + SHUTDOWN_GRACE))
     }
 }
 
@@ -150,8 +141,7 @@ impl Progress for ChannelProgress {
     }
 
     fn checkpoint(&mut self, step: u64, bytes: Vec<u8>) {
-        self.artifacts
-            .send(pb::ArtifactKind::Checkpoint, step, bytes);
+        self.artifacts.send(pb::ArtifactKind::Checkpoint, step, bytes);
     }
 
     fn final_adapter(&mut self, bytes: Vec<u8>) {
@@ -186,11 +176,8 @@ pub(crate) struct JobContext {
 
 /// Runs `lease` to the end and reports the result. Returns the trainer for the next job, or
 /// `None` if it panicked (the daemon then builds a fresh one).
-pub(crate) async fn run_job(
-    ctx: &JobContext,
-    lease: pb::Lease,
-    trainer: Box<dyn Trainer>,
-) -> Option<Box<dyn Trainer>> {
+#[tracing::instrument(skip_all, fields(job_id = %lease.job_id, attempt = lease.attempt))]
+pub(crate) async fn run_job(ctx: &JobContext, lease: pb::Lease, trainer: Box<dyn Trainer>) -> Option<Box<dyn Trainer>> {
     let job_id = lease.job_id.clone();
     let attempt = lease.attempt;
     let spec: JobSpec = match serde_json::from_str(&lease.spec_json) {
@@ -206,21 +193,14 @@ pub(crate) async fn run_job(
 
     let control = Arc::new(JobControl::new(ctx.shutdown.clone()));
     let (tx, rx) = mpsc::channel(POINT_CHANNEL);
-    let target = ReportTarget {
-        client: ctx.client.clone(),
-        job_id: job_id.clone(),
-        attempt,
-        max_backoff: ctx.max_backoff,
-    };
-    let reporter = tokio::spawn(report::run(target, rx, control.clone()));
+    let target =
+        ReportTarget { client: ctx.client.clone(), job_id: job_id.clone(), attempt, max_backoff: ctx.max_backoff };
+    // The helper tasks log inside this job's span.
+    let reporter = tokio::spawn(report::run(target, rx, control.clone()).in_current_span());
     let heartbeat_done = CancellationToken::new();
-    let heartbeat = tokio::spawn(heartbeat_loop(
-        ctx.clone(),
-        job_id.clone(),
-        attempt,
-        control.clone(),
-        heartbeat_done.clone(),
-    ));
+    let heartbeat = tokio::spawn(
+        heartbeat_loop(ctx.clone(), job_id.clone(), attempt, control.clone(), heartbeat_done.clone()).in_current_span(),
+    );
 
     let (upload_tx, upload_rx) = mpsc::channel(checkpoint::UPLOAD_CHANNEL);
     let artifact_target = checkpoint::Target {
@@ -230,11 +210,7 @@ pub(crate) async fn run_job(
         attempt,
         max_backoff: ctx.max_backoff,
     };
-    let uploader = tokio::spawn(checkpoint::run_uploader(
-        artifact_target.clone(),
-        upload_rx,
-        control.clone(),
-    ));
+    let uploader = tokio::spawn(checkpoint::run_uploader(artifact_target.clone(), upload_rx, control.clone()));
     let mut progress = ChannelProgress {
         tx,
         control: control.clone(),
@@ -246,7 +222,9 @@ pub(crate) async fn run_job(
             points_sent: 0,
         },
     };
+    let span = tracing::Span::current();
     let training = tokio::task::spawn_blocking(move || {
+        let _in_job = span.enter();
         let mut trainer = trainer;
         let result = trainer.train(&spec, &mut progress);
         // `progress` (and so the channel's sender) drops here, which ends the reporter's drain.
@@ -254,10 +232,7 @@ pub(crate) async fn run_job(
     });
     let (trainer, result) = match training.await {
         Ok((t, r)) => (Some(t), r),
-        Err(e) => (
-            None,
-            Err(TrainError::Invalid(format!("trainer panicked: {e}"))),
-        ),
+        Err(e) => (None, Err(TrainError::Invalid(format!("trainer panicked: {e}")))),
     };
     let reported = reporter.await.unwrap_or(ReportEnd::GaveUp);
     // The final adapter is stored before the job completes. Uploads wait for the points before
@@ -288,12 +263,7 @@ pub(crate) async fn run_job(
 }
 
 /// Sends the attempt's end: release on shutdown, completion, or failure.
-async fn finish(
-    ctx: &JobContext,
-    lease: &pb::Lease,
-    result: Result<TrainOutcome, TrainError>,
-    reported: ReportEnd,
-) {
+async fn finish(ctx: &JobContext, lease: &pb::Lease, result: Result<TrainOutcome, TrainError>, reported: ReportEnd) {
     let job_id = &lease.job_id;
     match result {
         Err(TrainError::Cancelled) if ctx.shutdown.is_cancelled() => {
@@ -306,11 +276,7 @@ async fn finish(
             tracing::warn!(%job_id, ?reported, "points undelivered; leaving the job to lease expiry");
         }
         Ok(outcome) => {
-            let state = if outcome.diverged {
-                pb::JobState::Diverged
-            } else {
-                pb::JobState::Succeeded
-            };
+            let state = if outcome.diverged { pb::JobState::Diverged } else { pb::JobState::Succeeded };
             let req = pb::CompleteJobRequest {
                 worker_id: ctx.worker_id.clone(),
                 job_id: job_id.clone(),
@@ -320,10 +286,7 @@ async fn finish(
                 tokens: outcome.tokens,
                 seconds: outcome.seconds,
             };
-            let deadline = ctx
-                .shutdown
-                .is_cancelled()
-                .then(|| Instant::now() + SHUTDOWN_GRACE);
+            let deadline = ctx.shutdown.is_cancelled().then(|| Instant::now() + SHUTDOWN_GRACE);
             let sent = rpc::retry("CompleteJob", ctx.max_backoff, deadline, || {
                 let mut client = ctx.client.clone();
                 let req = req.clone();
@@ -368,10 +331,7 @@ async fn fail(ctx: &JobContext, lease: &pb::Lease, error: String, retryable: boo
         retryable,
         released,
     };
-    let deadline = ctx
-        .shutdown
-        .is_cancelled()
-        .then(|| Instant::now() + SHUTDOWN_GRACE);
+    let deadline = ctx.shutdown.is_cancelled().then(|| Instant::now() + SHUTDOWN_GRACE);
     let sent = rpc::retry("FailJob", ctx.max_backoff, deadline, || {
         let mut client = ctx.client.clone();
         let req = req.clone();
@@ -410,12 +370,7 @@ async fn heartbeat_loop(
 
 /// One heartbeat. Returns false once the attempt is dropped (cancelled or lease lost), which it
 /// records in `control`; transient failures are logged and return true.
-async fn send_heartbeat(
-    ctx: &JobContext,
-    job_id: &str,
-    attempt: u32,
-    control: &JobControl,
-) -> bool {
+async fn send_heartbeat(ctx: &JobContext, job_id: &str, attempt: u32, control: &JobControl) -> bool {
     let req = pb::HeartbeatRequest {
         worker_id: ctx.worker_id.clone(),
         job_id: job_id.to_string(),

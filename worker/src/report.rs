@@ -98,10 +98,7 @@ pub(crate) async fn run(
         if pending.is_empty() {
             return ReportEnd::Flushed;
         }
-        if control
-            .final_deadline()
-            .is_some_and(|d| Instant::now() >= d)
-        {
+        if control.final_deadline().is_some_and(|d| Instant::now() >= d) {
             tracing::warn!(job_id = %target.job_id, unsent = pending.len(), "giving up on unsent points");
             return ReportEnd::GaveUp;
         }

@@ -40,10 +40,7 @@ pub(crate) struct Backoff {
 impl Backoff {
     /// A fresh sequence capped at `max`.
     pub(crate) fn new(max: Duration) -> Self {
-        Self {
-            next: BACKOFF_START.min(max),
-            max,
-        }
+        Self { next: BACKOFF_START.min(max), max }
     }
 
     /// The next wait; doubles the one after.
@@ -144,11 +141,10 @@ mod tests {
         assert_eq!(err.code(), Code::FailedPrecondition);
 
         let deadline = Some(Instant::now() + Duration::from_millis(200));
-        let err = retry("test", Duration::from_millis(100), deadline, || async {
-            Err::<(), _>(Status::unavailable("down"))
-        })
-        .await
-        .unwrap_err();
+        let err =
+            retry("test", Duration::from_millis(100), deadline, || async { Err::<(), _>(Status::unavailable("down")) })
+                .await
+                .unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
     }
 }

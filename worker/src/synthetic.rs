@@ -68,26 +68,16 @@ pub fn synthetic_final_loss(init: LoraInit, lr: f64, seed: u64) -> (f64, bool) {
         })
         .map(|(i, _)| i)
         .expect("TABLE_LRS is not empty");
-    let column = LoraInit::ALL
-        .iter()
-        .position(|i| *i == init)
-        .expect("ALL lists every init");
+    let column = LoraInit::ALL.iter().position(|i| *i == init).expect("ALL lists every init");
     let mean = FINAL_EVAL[row][column];
     let diverged = mean > DIVERGED_ABOVE;
     // The study's seeds spread about ±0.3% around the mean when stable, a few tenths when diverged.
     let spread = if diverged { 0.4 } else { 0.006 };
-    (
-        mean + spread * centred_noise(hash(&[column as u64, lr.to_bits(), seed, u64::MAX])),
-        diverged,
-    )
+    (mean + spread * centred_noise(hash(&[column as u64, lr.to_bits(), seed, u64::MAX])), diverged)
 }
 
 impl Trainer for SyntheticTrainer {
-    fn train(
-        &mut self,
-        job: &JobSpec,
-        progress: &mut dyn Progress,
-    ) -> Result<TrainOutcome, TrainError> {
+    fn train(&mut self, job: &JobSpec, progress: &mut dyn Progress) -> Result<TrainOutcome, TrainError> {
         let started = Instant::now();
         let train = &job.train;
         if train.grad_accum == 0 || train.eval_every == 0 {
@@ -111,11 +101,7 @@ impl Trainer for SyntheticTrainer {
         };
 
         // Eval at micro-batch 0, before any update (ml-spec §1.5).
-        let first = LossPoint {
-            series: Series::Eval,
-            step: 0,
-            loss: curve.eval(0.0),
-        };
+        let first = LossPoint { series: Series::Eval, step: 0, loss: curve.eval(0.0) };
         let mut last_eval = Some(first.loss);
         note(progress, first);
         let mut stopped_early = false;
@@ -127,14 +113,7 @@ impl Trainer for SyntheticTrainer {
                 thread::sleep(self.step_time);
             }
             let u = step as f64 / steps as f64;
-            note(
-                progress,
-                LossPoint {
-                    series: Series::Train,
-                    step,
-                    loss: curve.train(u, step),
-                },
-            );
+            note(progress, LossPoint { series: Series::Train, step, loss: curve.train(u, step) });
             // Evals run at micro-batch multiples of eval_every that fall inside this step's group.
             let micro_end = step * accum;
             let first_micro = (step - 1) * accum + 1;
@@ -142,14 +121,7 @@ impl Trainer for SyntheticTrainer {
             while k <= micro_end && step < steps {
                 let loss = curve.eval(k as f64 / (steps * accum) as f64);
                 last_eval = Some(loss);
-                note(
-                    progress,
-                    LossPoint {
-                        series: Series::Eval,
-                        step: k,
-                        loss,
-                    },
-                );
+                note(progress, LossPoint { series: Series::Eval, step: k, loss });
                 k += train.eval_every;
             }
             if train.early_stop_on_divergence && diverged.get() {
@@ -161,14 +133,7 @@ impl Trainer for SyntheticTrainer {
             // The end-of-epoch eval (ml-spec §1.5), at the last micro-batch index.
             let loss = curve.eval(1.0);
             last_eval = Some(loss);
-            note(
-                progress,
-                LossPoint {
-                    series: Series::Eval,
-                    step: steps * accum,
-                    loss,
-                },
-            );
+            note(progress, LossPoint { series: Series::Eval, step: steps * accum, loss });
         }
         let tokens = steps * accum * train.micro_batch as u64 * job.data.max_length as u64;
         Ok(TrainOutcome {
@@ -197,11 +162,7 @@ impl Curve {
         // Higher rates blow up earlier; never at the very start so the curve first looks sane.
         let blow_up_at = diverged.then_some(if job.lr >= 7e-3 { 0.15 } else { 0.35 });
         let key = hash(&[job.init as u64, job.lr.to_bits(), job.seed, steps]);
-        Self {
-            target,
-            blow_up_at,
-            key,
-        }
+        Self { target, blow_up_at, key }
     }
 
     /// The eval loss at progress `u`.
@@ -271,26 +232,13 @@ mod tests {
     }
 
     fn job(init: LoraInit, lr: f64, seed: u64, max_steps: Option<u64>) -> JobSpec {
-        let train = lorasweep_common::job::TrainSpec {
-            max_steps,
-            ..Default::default()
-        };
-        JobSpec {
-            model: Default::default(),
-            data: Default::default(),
-            lora: Default::default(),
-            train,
-            init,
-            lr,
-            seed,
-        }
+        let train = lorasweep_common::job::TrainSpec { max_steps, ..Default::default() };
+        JobSpec { model: Default::default(), data: Default::default(), lora: Default::default(), train, init, lr, seed }
     }
 
     fn run(spec: &JobSpec) -> (Recorder, TrainOutcome) {
         let mut rec = Recorder::default();
-        let out = SyntheticTrainer::new(Duration::ZERO)
-            .train(spec, &mut rec)
-            .expect("trains");
+        let out = SyntheticTrainer::new(Duration::ZERO).train(spec, &mut rec).expect("trains");
         (rec, out)
     }
 
@@ -298,19 +246,9 @@ mod tests {
     fn default_job_has_the_studys_steps_and_eval_schedule() {
         let (rec, out) = run(&job(LoraInit::Standard, 2e-3, 42, None));
         assert_eq!(rec.total, Some(DEFAULT_SYNTHETIC_STEPS));
-        let train: Vec<u64> = rec
-            .points
-            .iter()
-            .filter(|p| p.series == Series::Train)
-            .map(|p| p.step)
-            .collect();
+        let train: Vec<u64> = rec.points.iter().filter(|p| p.series == Series::Train).map(|p| p.step).collect();
         assert_eq!(train, (1..=163).collect::<Vec<_>>());
-        let eval: Vec<u64> = rec
-            .points
-            .iter()
-            .filter(|p| p.series == Series::Eval)
-            .map(|p| p.step)
-            .collect();
+        let eval: Vec<u64> = rec.points.iter().filter(|p| p.series == Series::Eval).map(|p| p.step).collect();
         // Every 40 micro-batches from 0 up to 640, then the end at 163 * 4 = 652.
         let mut expected: Vec<u64> = (0..=16).map(|k| k * 40).collect();
         expected.push(652);
@@ -352,12 +290,7 @@ mod tests {
     #[test]
     fn small_step_counts_still_end_with_an_eval() {
         let (rec, out) = run(&job(LoraInit::OrthoEye, 2e-4, 42, Some(3)));
-        let eval: Vec<u64> = rec
-            .points
-            .iter()
-            .filter(|p| p.series == Series::Eval)
-            .map(|p| p.step)
-            .collect();
+        let eval: Vec<u64> = rec.points.iter().filter(|p| p.series == Series::Eval).map(|p| p.step).collect();
         assert_eq!(eval, vec![0, 12]);
         assert!(out.final_eval_loss.is_some());
         let (rec, out) = run(&job(LoraInit::OrthoEye, 2e-4, 42, Some(0)));
@@ -368,13 +301,8 @@ mod tests {
     #[test]
     fn cancellation_stops_the_run() {
         let spec = job(LoraInit::Standard, 1e-3, 42, Some(100));
-        let mut rec = Recorder {
-            cancel_after: Some(5),
-            ..Default::default()
-        };
-        let err = SyntheticTrainer::new(Duration::ZERO)
-            .train(&spec, &mut rec)
-            .unwrap_err();
+        let mut rec = Recorder { cancel_after: Some(5), ..Default::default() };
+        let err = SyntheticTrainer::new(Duration::ZERO).train(&spec, &mut rec).unwrap_err();
         assert!(matches!(err, TrainError::Cancelled));
         assert!(rec.points.len() < 10);
     }

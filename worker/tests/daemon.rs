@@ -59,10 +59,7 @@ impl Workers for Fake {
         }))
     }
 
-    async fn lease_job(
-        &self,
-        _: Request<pb::LeaseJobRequest>,
-    ) -> Result<Response<pb::LeaseJobResponse>, Status> {
+    async fn lease_job(&self, _: Request<pb::LeaseJobRequest>) -> Result<Response<pb::LeaseJobResponse>, Status> {
         let lease = self.with(|s| {
             let l = s.leases.pop_front();
             s.leased += u32::from(l.is_some());
@@ -71,20 +68,14 @@ impl Workers for Fake {
         Ok(Response::new(pb::LeaseJobResponse { lease }))
     }
 
-    async fn heartbeat(
-        &self,
-        req: Request<pb::HeartbeatRequest>,
-    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let req = req.into_inner();
         let cancel = self.with(|s| {
             let cancel = s.cancel_when_running && req.step > 0;
             s.heartbeats.push(req);
             cancel
         });
-        Ok(Response::new(pb::HeartbeatResponse {
-            expires_at_ms: 0,
-            cancel,
-        }))
+        Ok(Response::new(pb::HeartbeatResponse { expires_at_ms: 0, cancel }))
     }
 
     async fn report_points(
@@ -99,9 +90,7 @@ impl Workers for Fake {
         self.with(|s| {
             s.report_calls += 1;
             if s.stale_reports {
-                return Err(Status::failed_precondition(
-                    "attempt 1 is not the live lease",
-                ));
+                return Err(Status::failed_precondition("attempt 1 is not the live lease"));
             }
             if s.fail_reports > 0 {
                 s.fail_reports -= 1;
@@ -121,23 +110,15 @@ impl Workers for Fake {
         Ok(Response::new(pb::CompleteJobResponse {}))
     }
 
-    async fn fail_job(
-        &self,
-        req: Request<pb::FailJobRequest>,
-    ) -> Result<Response<pb::FailJobResponse>, Status> {
+    async fn fail_job(&self, req: Request<pb::FailJobRequest>) -> Result<Response<pb::FailJobResponse>, Status> {
         self.with(|s| s.failed.push(req.into_inner()));
-        Ok(Response::new(pb::FailJobResponse {
-            state: pb::JobState::Queued as i32,
-        }))
+        Ok(Response::new(pb::FailJobResponse { state: pb::JobState::Queued as i32 }))
     }
 }
 
 /// A lease of a synthetic job with `steps` optimizer steps.
 fn lease(job_id: &str, steps: u64) -> pb::Lease {
-    let train = lorasweep_common::job::TrainSpec {
-        max_steps: Some(steps),
-        ..Default::default()
-    };
+    let train = lorasweep_common::job::TrainSpec { max_steps: Some(steps), ..Default::default() };
     let spec = JobSpec {
         model: Default::default(),
         data: Default::default(),
@@ -157,10 +138,7 @@ fn lease(job_id: &str, steps: u64) -> pb::Lease {
 }
 
 /// Serves `fake` and runs a synthetic worker (`step_ms` per step) against it.
-async fn start(
-    fake: &Fake,
-    step_ms: u64,
-) -> anyhow::Result<(CancellationToken, JoinHandle<Result<(), WorkerError>>)> {
+async fn start(fake: &Fake, step_ms: u64) -> anyhow::Result<(CancellationToken, JoinHandle<Result<(), WorkerError>>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let server = fake.clone();
@@ -171,10 +149,7 @@ async fn start(
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(WorkersServer::new(server))
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener),
-                server_stop.cancelled_owned(),
-            )
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), server_stop.cancelled_owned())
             .await
     });
     let args = WorkerArgs {
@@ -184,26 +159,15 @@ async fn start(
         synthetic_step_ms: step_ms,
         max_backoff_ms: 100,
     };
-    let worker = tokio::spawn(lorasweep_worker::run(
-        Config::new(&url, args)?,
-        stop.clone(),
-    ));
+    let worker = tokio::spawn(lorasweep_worker::run(Config::new(&url, args)?, stop.clone()));
     Ok((stop, worker))
 }
 
 /// Polls until `done` holds for the script, or fails after 20 s.
-async fn await_script(
-    fake: &Fake,
-    what: &str,
-    done: impl Fn(&Script) -> bool,
-) -> anyhow::Result<()> {
+async fn await_script(fake: &Fake, what: &str, done: impl Fn(&Script) -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !fake.with(|s| done(s)) {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {:?}",
-            fake.0
-        );
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}: {:?}", fake.0);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
@@ -221,31 +185,16 @@ async fn points_are_resent_after_transient_failures() -> anyhow::Result<()> {
     stop.cancel();
     worker.await??;
     fake.with(|s| {
-        assert!(
-            s.report_calls >= 4,
-            "three failed flushes and at least one good one"
-        );
-        let train: BTreeSet<u64> = s
-            .points
-            .iter()
-            .filter(|p| p.series == pb::Series::Train as i32)
-            .map(|p| p.step)
-            .collect();
-        assert_eq!(
-            train,
-            (1..=30).collect(),
-            "every step arrived despite the failures"
-        );
+        assert!(s.report_calls >= 4, "three failed flushes and at least one good one");
+        let train: BTreeSet<u64> =
+            s.points.iter().filter(|p| p.series == pb::Series::Train as i32).map(|p| p.step).collect();
+        assert_eq!(train, (1..=30).collect(), "every step arrived despite the failures");
         let done = &s.completed[0];
         assert_eq!((done.job_id.as_str(), done.attempt), ("j1", 1));
         assert_eq!(done.state, pb::JobState::Succeeded as i32);
         assert!(done.final_eval_loss.is_some());
         let last = s.heartbeats.last().expect("heartbeats were sent");
-        assert_eq!(
-            (last.step, last.total_steps),
-            (30, 30),
-            "the last heartbeat is final"
-        );
+        assert_eq!((last.step, last.total_steps), (30, 30), "the last heartbeat is final");
     });
     Ok(())
 }
@@ -258,26 +207,17 @@ async fn heartbeat_cancel_stops_the_job_and_the_worker_moves_on() -> anyhow::Res
         s.cancel_when_running = true;
     });
     let (stop, worker) = start(&fake, 5).await?;
-    await_script(&fake, "the cancelling heartbeat", |s| {
-        s.heartbeats.iter().any(|h| h.step > 0)
-    })
-    .await?;
+    await_script(&fake, "the cancelling heartbeat", |s| s.heartbeats.iter().any(|h| h.step > 0)).await?;
     // The next lease is taken only once the cancelled job is dropped.
     fake.with(|s| {
         s.cancel_when_running = false;
         s.leases.push_back(lease("next", 3));
     });
-    await_script(&fake, "the next job", |s| {
-        s.completed.iter().any(|c| c.job_id == "next")
-    })
-    .await?;
+    await_script(&fake, "the next job", |s| s.completed.iter().any(|c| c.job_id == "next")).await?;
     stop.cancel();
     worker.await??;
     fake.with(|s| {
-        assert!(
-            s.completed.iter().all(|c| c.job_id != "long"),
-            "a cancelled job is not completed"
-        );
+        assert!(s.completed.iter().all(|c| c.job_id != "long"), "a cancelled job is not completed");
         assert!(s.failed.is_empty(), "nor failed: {:?}", s.failed);
     });
     Ok(())
@@ -296,10 +236,7 @@ async fn stale_lease_on_report_drops_the_job() -> anyhow::Result<()> {
         s.stale_reports = false;
         s.leases.push_back(lease("next", 3));
     });
-    await_script(&fake, "the next job", |s| {
-        s.completed.iter().any(|c| c.job_id == "next")
-    })
-    .await?;
+    await_script(&fake, "the next job", |s| s.completed.iter().any(|c| c.job_id == "next")).await?;
     stop.cancel();
     worker.await??;
     fake.with(|s| {
@@ -340,9 +277,7 @@ async fn unusable_trainer_device_is_a_clear_startup_error() -> anyhow::Result<()
     };
     let config = Config::new("http://127.0.0.1:9", args)?;
     let run = lorasweep_worker::run(config, CancellationToken::new());
-    let err = tokio::time::timeout(Duration::from_secs(10), run)
-        .await?
-        .unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(10), run).await?.unwrap_err();
     assert!(matches!(err, WorkerError::TrainerUnavailable(_)), "{err}");
     assert!(err.to_string().contains("cuda:0"), "{err}");
     Ok(())

@@ -46,28 +46,16 @@ fn eos_comes_from_tokenizer_config() -> anyhow::Result<()> {
     let g = goldens()?;
     let tok = tiny_tokenizer()?;
     let eos = data::eos_token_id(&root().join("fixtures/tiny-qwen2"), &tok)?;
-    assert_eq!(
-        u64::from(eos),
-        g["settings"]["eos_id"].as_u64().context("eos_id")?
-    );
+    assert_eq!(u64::from(eos), g["settings"]["eos_id"].as_u64().context("eos_id")?);
     assert_eq!(tok.id_to_token(eos).as_deref(), Some("<|im_end|>"));
 
     // Without tokenizer_config.json the id falls back to config.json's eos_token_id.
     let dir = tempfile::tempdir()?;
-    std::fs::write(
-        dir.path().join("config.json"),
-        r#"{"eos_token_id": [7, 2]}"#,
-    )?;
+    std::fs::write(dir.path().join("config.json"), r#"{"eos_token_id": [7, 2]}"#)?;
     assert_eq!(data::eos_token_id(dir.path(), &tok)?, 7);
-    std::fs::write(
-        dir.path().join("tokenizer_config.json"),
-        r#"{"eos_token": {"content": "<|endoftext|>"}}"#,
-    )?;
+    std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"eos_token": {"content": "<|endoftext|>"}}"#)?;
     assert_eq!(data::eos_token_id(dir.path(), &tok)?, 0);
-    std::fs::write(
-        dir.path().join("tokenizer_config.json"),
-        r#"{"eos_token": "<nope>"}"#,
-    )?;
+    std::fs::write(dir.path().join("tokenizer_config.json"), r#"{"eos_token": "<nope>"}"#)?;
     let err = data::eos_token_id(dir.path(), &tok).expect_err("unknown token");
     assert!(err.to_string().contains("<nope>"), "{err}");
     Ok(())
@@ -83,13 +71,7 @@ fn jsonl_packing_matches_goldens() -> anyhow::Result<()> {
     let packed = data::load_packed(&dir.path().to_string_lossy(), &tok, eos, max_length)?;
     assert_eq!(packed.train, blocks(&g["packing"]["train"])?);
     assert_eq!(packed.eval, blocks(&g["packing"]["eval"])?);
-    assert!(
-        packed
-            .train
-            .iter()
-            .chain(&packed.eval)
-            .all(|b| b.len() == max_length)
-    );
+    assert!(packed.train.iter().chain(&packed.eval).all(|b| b.len() == max_length));
     Ok(())
 }
 
@@ -99,10 +81,7 @@ fn parquet_packing_matches_goldens_and_jsonl_rows() -> anyhow::Result<()> {
     let tok = tiny_tokenizer()?;
     let max_length = g["settings"]["max_length"].as_u64().context("max_length")? as usize;
     let eos = g["settings"]["eos_id"].as_u64().context("eos_id")? as u32;
-    let dir = only(&[
-        "data/train-00000-of-00001.parquet",
-        "data/test-00000-of-00001.parquet",
-    ])?;
+    let dir = only(&["data/train-00000-of-00001.parquet", "data/test-00000-of-00001.parquet"])?;
     let packed = data::load_packed(&dir.path().to_string_lossy(), &tok, eos, max_length)?;
     assert_eq!(packed.train, blocks(&g["packing"]["train"])?);
     assert_eq!(packed.eval, blocks(&g["packing"]["eval"])?);
@@ -116,9 +95,7 @@ fn parquet_packing_matches_goldens_and_jsonl_rows() -> anyhow::Result<()> {
     }
     assert_eq!(
         data::load_rows(dir.path(), Split::Train)?.len() as u64,
-        g["packing"]["n_train_examples"]
-            .as_u64()
-            .context("n_train_examples")?
+        g["packing"]["n_train_examples"].as_u64().context("n_train_examples")?
     );
     Ok(())
 }
@@ -132,10 +109,7 @@ fn sharded_legacy_parquet_reads_the_same_rows_and_blocks() -> anyhow::Result<()>
     let eos = g["settings"]["eos_id"].as_u64().context("eos_id")? as u32;
     let sharded = root().join("fixtures/tiny-data-sharded");
     let fixture = root().join("fixtures/tiny-data");
-    assert_eq!(
-        data::load_rows(&sharded, Split::Train)?,
-        data::read_jsonl(&fixture.join("train.jsonl"))?
-    );
+    assert_eq!(data::load_rows(&sharded, Split::Train)?, data::read_jsonl(&fixture.join("train.jsonl"))?);
     let packed = data::load_packed(&sharded.to_string_lossy(), &tok, eos, max_length)?;
     assert_eq!(packed.train, blocks(&g["packing"]["train"])?);
     assert_eq!(packed.eval, blocks(&g["packing"]["eval"])?);
@@ -151,9 +125,7 @@ fn small_chunks_drop_each_remainder_like_python() -> anyhow::Result<()> {
     let tok = tiny_tokenizer()?;
     let max_length = g["settings"]["max_length"].as_u64().context("max_length")? as usize;
     let eos = g["settings"]["eos_id"].as_u64().context("eos_id")? as u32;
-    let chunk = g["packing"]["small_chunk"]["chunk"]
-        .as_u64()
-        .context("chunk")? as usize;
+    let chunk = g["packing"]["small_chunk"]["chunk"].as_u64().context("chunk")? as usize;
     let fixture = root().join("fixtures/tiny-data");
     for (split, key) in [(Split::Train, "train"), (Split::Test, "eval")] {
         let rows = data::load_rows(&fixture, split)?;
@@ -163,10 +135,7 @@ fn small_chunks_drop_each_remainder_like_python() -> anyhow::Result<()> {
         assert_eq!(small, blocks(&g["packing"]["small_chunk"][key])?, "{key}");
         let whole = data::pack(&examples, max_length, data::PACK_CHUNK).len();
         // Dropping a remainder per chunk can only lose blocks; on train it does.
-        assert!(
-            small.len() <= whole && (split == Split::Test || small.len() < whole),
-            "{key}"
-        );
+        assert!(small.len() <= whole && (split == Split::Test || small.len() < whole), "{key}");
     }
     Ok(())
 }
@@ -175,20 +144,13 @@ fn small_chunks_drop_each_remainder_like_python() -> anyhow::Result<()> {
 fn missing_split_and_bad_rows_are_named() -> anyhow::Result<()> {
     let tok = tiny_tokenizer()?;
     let dir = only(&["train.jsonl"])?;
-    let err =
-        data::load_packed(&dir.path().to_string_lossy(), &tok, 2, 64).expect_err("no test split");
+    let err = data::load_packed(&dir.path().to_string_lossy(), &tok, 2, 64).expect_err("no test split");
     assert!(err.to_string().contains("no test split"), "{err}");
 
-    std::fs::write(
-        dir.path().join("test.jsonl"),
-        "{\"messages\": [{\"role\": \"narrator\", \"content\": \"x\"}]}\n",
-    )?;
+    std::fs::write(dir.path().join("test.jsonl"), "{\"messages\": [{\"role\": \"narrator\", \"content\": \"x\"}]}\n")?;
     let err = data::load_packed(&dir.path().to_string_lossy(), &tok, 2, 64).expect_err("bad role");
     let msg = err.to_string();
-    assert!(
-        msg.contains("test split: row 0: unknown role \"narrator\""),
-        "{msg}"
-    );
+    assert!(msg.contains("test split: row 0: unknown role \"narrator\""), "{msg}");
     assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
 
     let err = data::load_packed("/definitely/not/here", &tok, 2, 64).expect_err("missing dir");

@@ -35,13 +35,7 @@ fn blocks(v: &Value) -> Vec<Vec<u32>> {
     v.as_array()
         .expect("list of blocks")
         .iter()
-        .map(|b| {
-            b.as_array()
-                .expect("block")
-                .iter()
-                .map(|x| x.as_u64().expect("id") as u32)
-                .collect()
-        })
+        .map(|b| b.as_array().expect("block").iter().map(|x| x.as_u64().expect("id") as u32).collect())
         .collect()
 }
 
@@ -49,12 +43,7 @@ fn matrix(v: &Value) -> Vec<f64> {
     v.as_array()
         .expect("rows")
         .iter()
-        .flat_map(|r| {
-            r.as_array()
-                .expect("row")
-                .iter()
-                .map(|x| x.as_f64().expect("float"))
-        })
+        .flat_map(|r| r.as_array().expect("row").iter().map(|x| x.as_f64().expect("float")))
         .collect()
 }
 
@@ -63,11 +52,7 @@ fn rel(a: f64, b: f64) -> f64 {
 }
 
 fn model() -> anyhow::Result<Qwen2Model> {
-    Ok(Qwen2Model::load(
-        &root().join("tests/fixtures/tiny-qwen2"),
-        DType::F32,
-        &Device::Cpu,
-    )?)
+    Ok(Qwen2Model::load(&root().join("tests/fixtures/tiny-qwen2"), DType::F32, &Device::Cpu)?)
 }
 
 fn spec(g: &Value) -> LoraSpec {
@@ -86,10 +71,7 @@ fn spec(g: &Value) -> LoraSpec {
 }
 
 fn data(g: &Value) -> PackedData {
-    PackedData {
-        train: blocks(&g["packing"]["train"]),
-        eval: blocks(&g["packing"]["eval"]),
-    }
+    PackedData { train: blocks(&g["packing"]["train"]), eval: blocks(&g["packing"]["eval"]) }
 }
 
 /// Worst `max |ours − theirs| / max |theirs|` over the named tensors.
@@ -102,10 +84,7 @@ fn worst_tensor_error(ours: &HashMap<String, Vec<f64>>, theirs: &Value) -> anyho
         let got = ours.get(name).with_context(|| format!("missing {name}"))?;
         assert_eq!(got.len(), want.len(), "{name}");
         let scale = want.iter().fold(0f64, |m, x| m.max(x.abs()));
-        let err = got
-            .iter()
-            .zip(&want)
-            .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        let err = got.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
         worst = worst.max(err / scale);
     }
     Ok(worst)
@@ -121,50 +100,23 @@ fn base_logits_and_eval_loss_match_transformers() -> anyhow::Result<()> {
     let ids = Tensor::new(d.eval[block].as_slice(), &Device::Cpu)?.unsqueeze(0)?;
     let logits = m.logits(&ids, None, None)?.get(0)?;
     let mut worst: f64 = 0.0;
-    for (k, pos) in gl["positions"]
-        .as_array()
-        .context("positions")?
-        .iter()
-        .enumerate()
-    {
-        let row: Vec<f32> = logits
-            .get(pos.as_u64().context("pos")? as usize)?
-            .to_vec1()?;
-        let want: Vec<f64> = gl["rows"][k]
-            .as_array()
-            .context("row")?
-            .iter()
-            .map(|x| x.as_f64().unwrap_or(f64::NAN))
-            .collect();
+    for (k, pos) in gl["positions"].as_array().context("positions")?.iter().enumerate() {
+        let row: Vec<f32> = logits.get(pos.as_u64().context("pos")? as usize)?.to_vec1()?;
+        let want: Vec<f64> =
+            gl["rows"][k].as_array().context("row")?.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect();
         for (a, b) in row.iter().zip(&want) {
             worst = worst.max((*a as f64 - b).abs());
         }
     }
     assert!(worst < 1e-5, "max |Δlogit| {worst:e}");
 
-    for (k, want) in g["base_block_losses"]
-        .as_array()
-        .context("block losses")?
-        .iter()
-        .enumerate()
-    {
+    for (k, want) in g["base_block_losses"].as_array().context("block losses")?.iter().enumerate() {
         let got = eval_loss(&m, None, &d.eval[k..k + 1], 1)?;
-        assert!(
-            rel(got, want.as_f64().context("loss")?) < LOSS_RTOL,
-            "block {k}: {got} vs {want}"
-        );
+        assert!(rel(got, want.as_f64().context("loss")?) < LOSS_RTOL, "block {k}: {got} vs {want}");
     }
     let want = g["base_eval_loss"].as_f64().context("base_eval_loss")?;
-    let got = eval_loss(
-        &m,
-        None,
-        &d.eval,
-        g["settings"]["eval_batch"].as_u64().context("eval_batch")? as usize,
-    )?;
-    eprintln!(
-        "base eval loss: ours {got:.7}, transformers {want:.7}, rel {:.2e}",
-        rel(got, want)
-    );
+    let got = eval_loss(&m, None, &d.eval, g["settings"]["eval_batch"].as_u64().context("eval_batch")? as usize)?;
+    eprintln!("base eval loss: ours {got:.7}, transformers {want:.7}, rel {:.2e}", rel(got, want));
     assert!(rel(got, want) < LOSS_RTOL);
     Ok(())
 }
@@ -175,23 +127,11 @@ fn first_micro_batch_lora_gradients_match_peft() -> anyhow::Result<()> {
     let m = model()?;
     let d = data(&g);
     let spec = spec(&g);
-    let ads = adapter::load(
-        &root().join("tests/fixtures/parity-adapter"),
-        &spec,
-        &m.cfg,
-        &Device::Cpu,
-    )?;
+    let ads = adapter::load(&root().join("tests/fixtures/parity-adapter"), &spec, &m.cfg, &Device::Cpu)?;
     let fm = &g["first_micro_batch"];
-    let idx: Vec<usize> = fm["blocks"]
-        .as_array()
-        .context("blocks")?
-        .iter()
-        .map(|x| x.as_u64().unwrap_or(0) as usize)
-        .collect();
-    let flat: Vec<u32> = idx
-        .iter()
-        .flat_map(|&k| d.train[k].iter().copied())
-        .collect();
+    let idx: Vec<usize> =
+        fm["blocks"].as_array().context("blocks")?.iter().map(|x| x.as_u64().unwrap_or(0) as usize).collect();
+    let flat: Vec<u32> = idx.iter().flat_map(|&k| d.train[k].iter().copied()).collect();
     let ids = Tensor::from_vec(flat, (idx.len(), d.train[0].len()), &Device::Cpu)?;
     let (loss, _) = m.loss(&ids, Some(&ads), None)?;
     let got = loss.to_scalar::<f32>()? as f64;
@@ -202,21 +142,13 @@ fn first_micro_batch_lora_gradients_match_peft() -> anyhow::Result<()> {
     for ad in &ads.list {
         let p = peft_prefix(ad.layer, ad.module);
         for (part, var) in [("lora_A", &ad.a), ("lora_B", &ad.b)] {
-            let gr = grads
-                .get(var)
-                .with_context(|| format!("no grad for {p}.{part}"))?;
+            let gr = grads.get(var).with_context(|| format!("no grad for {p}.{part}"))?;
             let v: Vec<f32> = gr.flatten_all()?.to_vec1()?;
-            ours.insert(
-                format!("{p}.{part}.weight"),
-                v.into_iter().map(f64::from).collect::<Vec<_>>(),
-            );
+            ours.insert(format!("{p}.{part}.weight"), v.into_iter().map(f64::from).collect::<Vec<_>>());
         }
     }
     let worst = worst_tensor_error(&ours, &fm["grads"])?;
-    eprintln!(
-        "first micro-batch: loss rel {:.2e}, worst grad error (rel. to tensor max) {worst:.2e}",
-        rel(got, want)
-    );
+    eprintln!("first micro-batch: loss rel {:.2e}, worst grad error (rel. to tensor max) {worst:.2e}", rel(got, want));
     assert!(worst < 1e-4, "gradient error {worst:e}");
     Ok(())
 }
@@ -241,24 +173,12 @@ fn training_curve_and_final_adapter_match_peft() -> anyhow::Result<()> {
     let m = model()?;
     let d = data(&g);
     let lora = spec(&g);
-    let ads = adapter::load(
-        &root().join("tests/fixtures/parity-adapter"),
-        &lora,
-        &m.cfg,
-        &Device::Cpu,
-    )?;
+    let ads = adapter::load(&root().join("tests/fixtures/parity-adapter"), &lora, &m.cfg, &Device::Cpu)?;
     let u = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("settings.{k}"));
     let f = |k: &str| s[k].as_f64().unwrap_or_else(|| panic!("settings.{k}"));
     let job = JobSpec {
-        model: ModelSpec {
-            path: "tiny-qwen2".into(),
-            dtype: "f32".into(),
-        },
-        data: DataSpec {
-            path: "tiny-data".into(),
-            max_length: u("max_length") as usize,
-            shuffle: false,
-        },
+        model: ModelSpec { path: "tiny-qwen2".into(), dtype: "f32".into() },
+        data: DataSpec { path: "tiny-data".into(), max_length: u("max_length") as usize, shuffle: false },
         lora,
         train: TrainSpec {
             micro_batch: u("micro_batch") as usize,
@@ -282,44 +202,24 @@ fn training_curve_and_final_adapter_match_peft() -> anyhow::Result<()> {
     let out = train_loop(&m, &d, &ads, &job, &mut rec)?;
     let curve = &g["curve"];
     for (series, key) in [(Series::Train, "train"), (Series::Eval, "eval")] {
-        let ours: Vec<(u64, f64)> = rec
-            .0
-            .iter()
-            .filter(|p| p.series == series)
-            .map(|p| (p.step, p.loss))
-            .collect();
+        let ours: Vec<(u64, f64)> = rec.0.iter().filter(|p| p.series == series).map(|p| (p.step, p.loss)).collect();
         let want: Vec<(u64, f64)> = curve[key]
             .as_array()
             .context("curve")?
             .iter()
-            .map(|p| {
-                (
-                    p[0].as_u64().unwrap_or(0),
-                    p[1].as_f64().unwrap_or(f64::NAN),
-                )
-            })
+            .map(|p| (p[0].as_u64().unwrap_or(0), p[1].as_f64().unwrap_or(f64::NAN)))
             .collect();
         assert_eq!(
             ours.iter().map(|p| p.0).collect::<Vec<_>>(),
             want.iter().map(|p| p.0).collect::<Vec<_>>(),
             "{key} steps"
         );
-        let worst = ours
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| rel(a.1, b.1))
-            .fold(0f64, f64::max);
-        eprintln!(
-            "{key} curve: {} points, worst relative loss error {worst:.2e}",
-            ours.len()
-        );
+        let worst = ours.iter().zip(&want).map(|(a, b)| rel(a.1, b.1)).fold(0f64, f64::max);
+        eprintln!("{key} curve: {} points, worst relative loss error {worst:.2e}", ours.len());
         assert!(worst < LOSS_RTOL, "{key}: {ours:?} vs {want:?}");
     }
-    let final_want = curve["eval"]
-        .as_array()
-        .and_then(|e| e.last())
-        .and_then(|p| p[1].as_f64())
-        .context("final eval")?;
+    let final_want =
+        curve["eval"].as_array().and_then(|e| e.last()).and_then(|p| p[1].as_f64()).context("final eval")?;
     assert!(rel(out.final_eval_loss.context("final eval")?, final_want) < LOSS_RTOL);
 
     let mut ours = HashMap::new();
@@ -327,19 +227,11 @@ fn training_curve_and_final_adapter_match_peft() -> anyhow::Result<()> {
         let p = peft_prefix(ad.layer, ad.module);
         ours.insert(
             format!("{p}.lora_A.weight"),
-            ad.a.flatten_all()?
-                .to_vec1::<f32>()?
-                .into_iter()
-                .map(f64::from)
-                .collect(),
+            ad.a.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f64::from).collect(),
         );
         ours.insert(
             format!("{p}.lora_B.weight"),
-            ad.b.flatten_all()?
-                .to_vec1::<f32>()?
-                .into_iter()
-                .map(f64::from)
-                .collect(),
+            ad.b.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f64::from).collect(),
         );
     }
     let worst = worst_tensor_error(&ours, &g["final_adapter"])?;
@@ -349,26 +241,16 @@ fn training_curve_and_final_adapter_match_peft() -> anyhow::Result<()> {
 }
 
 #[test]
-fn train_local_from_files_reproduces_the_golden_curve_and_saves_the_adapter() -> anyhow::Result<()>
-{
+fn train_local_from_files_reproduces_the_golden_curve_and_saves_the_adapter() -> anyhow::Result<()> {
     use lorasweep_worker::train::{CandleTrainer, LocalOpts, train_local};
     let g = goldens()?;
     let s = &g["settings"];
     let u = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("settings.{k}"));
     let out_dir = tempfile::tempdir()?;
     let job = JobSpec {
-        model: ModelSpec {
-            path: root()
-                .join("tests/fixtures/tiny-qwen2")
-                .display()
-                .to_string(),
-            dtype: "f32".into(),
-        },
+        model: ModelSpec { path: root().join("tests/fixtures/tiny-qwen2").display().to_string(), dtype: "f32".into() },
         data: DataSpec {
-            path: root()
-                .join("tests/fixtures/tiny-data")
-                .display()
-                .to_string(),
+            path: root().join("tests/fixtures/tiny-data").display().to_string(),
             max_length: u("max_length") as usize,
             shuffle: false,
         },
@@ -391,34 +273,15 @@ fn train_local_from_files_reproduces_the_golden_curve_and_saves_the_adapter() ->
     };
     let mut rec = Recorder::default();
     let out = train_local(&job, &opts, &mut rec)?;
-    let want = g["curve"]["eval"]
-        .as_array()
-        .and_then(|e| e.last())
-        .and_then(|p| p[1].as_f64())
-        .context("final")?;
+    let want = g["curve"]["eval"].as_array().and_then(|e| e.last()).and_then(|p| p[1].as_f64()).context("final")?;
     assert!(rel(out.final_eval_loss.context("final")?, want) < LOSS_RTOL);
-    assert_eq!(
-        rec.0.iter().filter(|p| p.series == Series::Train).count(),
-        22
-    );
+    assert_eq!(rec.0.iter().filter(|p| p.series == Series::Train).count(), 22);
 
     // The saved adapter is the golden final adapter.
-    let saved = candle_core::safetensors::load(
-        out_dir.path().join("adapter/adapter_model.safetensors"),
-        &Device::Cpu,
-    )?;
+    let saved = candle_core::safetensors::load(out_dir.path().join("adapter/adapter_model.safetensors"), &Device::Cpu)?;
     let ours: HashMap<String, Vec<f64>> = saved
         .iter()
-        .map(|(k, t)| {
-            Ok((
-                k.clone(),
-                t.flatten_all()?
-                    .to_vec1::<f32>()?
-                    .into_iter()
-                    .map(f64::from)
-                    .collect(),
-            ))
-        })
+        .map(|(k, t)| Ok((k.clone(), t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f64::from).collect())))
         .collect::<anyhow::Result<_>>()?;
     assert!(worst_tensor_error(&ours, &g["final_adapter"])? < 1e-5);
 
@@ -438,17 +301,10 @@ fn train_local_from_files_reproduces_the_golden_curve_and_saves_the_adapter() ->
 #[test]
 fn a_wrong_model_dir_names_the_missing_file() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let err = Qwen2Model::load(dir.path(), DType::F32, &Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let err = Qwen2Model::load(dir.path(), DType::F32, &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("config.json"), "{err}");
-    std::fs::copy(
-        root().join("tests/fixtures/tiny-qwen2/config.json"),
-        dir.path().join("config.json"),
-    )?;
-    let err = Qwen2Model::load(dir.path(), DType::F32, &Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    std::fs::copy(root().join("tests/fixtures/tiny-qwen2/config.json"), dir.path().join("config.json"))?;
+    let err = Qwen2Model::load(dir.path(), DType::F32, &Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("model.safetensors"), "{err}");
     Ok(())
 }
@@ -463,25 +319,16 @@ fn a_wrong_model_dir_names_the_missing_file() -> anyhow::Result<()> {
 #[ignore = "needs the real Qwen2.5-1.5B-Instruct checkpoint and no_robots; see the doc comment"]
 fn real_model_step0_eval_loss_matches_the_study() -> anyhow::Result<()> {
     use lorasweep_worker::train::CandleTrainer;
-    let (Ok(model), Ok(data)) = (
-        std::env::var("LORASWEEP_REAL_MODEL"),
-        std::env::var("LORASWEEP_REAL_DATA"),
-    ) else {
+    let (Ok(model), Ok(data)) = (std::env::var("LORASWEEP_REAL_MODEL"), std::env::var("LORASWEEP_REAL_DATA")) else {
         anyhow::bail!("set LORASWEEP_REAL_MODEL and LORASWEEP_REAL_DATA");
     };
     let device = std::env::var("LORASWEEP_DEVICE").unwrap_or_else(|_| "cpu".into());
     let dtype = std::env::var("LORASWEEP_DTYPE").unwrap_or_else(|_| "bf16".into());
     let job = JobSpec {
         model: ModelSpec { path: model, dtype },
-        data: DataSpec {
-            path: data,
-            ..DataSpec::default()
-        },
+        data: DataSpec { path: data, ..DataSpec::default() },
         lora: LoraSpec::default(),
-        train: TrainSpec {
-            max_steps: Some(0),
-            ..TrainSpec::default()
-        },
+        train: TrainSpec { max_steps: Some(0), ..TrainSpec::default() },
         init: LoraInit::Standard, // B = 0: the adapter does not change the base model
         lr: 1e-3,
         seed: 42,

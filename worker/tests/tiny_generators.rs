@@ -16,17 +16,12 @@ fn root() -> PathBuf {
 }
 
 fn goldens() -> anyhow::Result<serde_json::Value> {
-    Ok(serde_json::from_str(&std::fs::read_to_string(
-        root().join("reference/goldens.json"),
-    )?)?)
+    Ok(serde_json::from_str(&std::fs::read_to_string(root().join("reference/goldens.json"))?)?)
 }
 
 fn fixture_rows() -> anyhow::Result<(Vec<data::Row>, Vec<data::Row>)> {
     let dir = root().join("fixtures/tiny-data");
-    Ok((
-        data::read_jsonl(&dir.join("train.jsonl"))?,
-        data::read_jsonl(&dir.join("test.jsonl"))?,
-    ))
+    Ok((data::read_jsonl(&dir.join("train.jsonl"))?, data::read_jsonl(&dir.join("test.jsonl"))?))
 }
 
 #[test]
@@ -49,9 +44,8 @@ fn rust_trained_tokenizer_matches_the_fixture_tokenizer() -> anyhow::Result<()> 
         .map(|r| data::format_example(&r.messages))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!(e))?;
-    let fixture =
-        tokenizers::Tokenizer::from_file(root().join("fixtures/tiny-qwen2/tokenizer.json"))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let fixture = tokenizers::Tokenizer::from_file(root().join("fixtures/tiny-qwen2/tokenizer.json"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let ours = tiny::train_tokenizer(&texts, fixture.get_vocab_size(true))?;
     assert_eq!(ours.get_vocab_size(true), fixture.get_vocab_size(true));
     for (i, special) in tiny::SPECIAL_TOKENS.iter().enumerate() {
@@ -59,12 +53,8 @@ fn rust_trained_tokenizer_matches_the_fixture_tokenizer() -> anyhow::Result<()> 
         assert_eq!(fixture.token_to_id(special), Some(i as u32));
     }
     for text in texts.iter().take(40) {
-        let a = ours
-            .encode(text.as_str(), false)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let b = fixture
-            .encode(text.as_str(), false)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let a = ours.encode(text.as_str(), false).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let b = fixture.encode(text.as_str(), false).map_err(|e| anyhow::anyhow!("{e}"))?;
         assert_eq!(a.get_ids(), b.get_ids(), "{text:?}");
     }
     Ok(())
@@ -73,20 +63,14 @@ fn rust_trained_tokenizer_matches_the_fixture_tokenizer() -> anyhow::Result<()> 
 #[test]
 fn make_tiny_model_writes_a_loadable_checkpoint() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let cfg = TinyModelConfig {
-        seed: 3,
-        ..TinyModelConfig::default()
-    };
+    let cfg = TinyModelConfig { seed: 3, ..TinyModelConfig::default() };
     let summary = tiny::write_model(dir.path(), &cfg)?;
 
     // config.json parses as an HF Qwen2 config (candle's struct is the strictest reader at hand).
     let config: candle_transformers::models::qwen2::Config =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json"))?)?;
     assert_eq!(config.vocab_size, summary.vocab_size);
-    assert_eq!(
-        (config.hidden_size, config.num_hidden_layers),
-        (cfg.hidden, cfg.layers)
-    );
+    assert_eq!((config.hidden_size, config.num_hidden_layers), (cfg.hidden, cfg.layers));
     assert!(config.tie_word_embeddings);
     assert_eq!(config.rope_theta, 1e6);
 
@@ -116,30 +100,18 @@ fn make_tiny_model_writes_a_loadable_checkpoint() -> anyhow::Result<()> {
     // Deterministic per seed.
     let again = tempfile::tempdir()?;
     tiny::write_model(again.path(), &cfg)?;
-    assert_eq!(
-        std::fs::read(again.path().join("model.safetensors"))?,
-        bytes
-    );
+    assert_eq!(std::fs::read(again.path().join("model.safetensors"))?, bytes);
 
     // The tokenizer round-trips text and declares <|im_end|> as EOS.
-    let tok = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json"))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tok =
+        tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
     assert!(tok.get_vocab_size(true) <= cfg.vocab);
     let text = "User: What is the capital of Peru?\n\nAssistant: Lima, née ☃ 42.";
-    let ids = tok
-        .encode(text, false)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ids = tok.encode(text, false).map_err(|e| anyhow::anyhow!("{e}"))?;
     assert!(ids.len() < text.len(), "BPE should merge");
-    assert_eq!(
-        tok.decode(ids.get_ids(), false)
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-        text
-    );
+    assert_eq!(tok.decode(ids.get_ids(), false).map_err(|e| anyhow::anyhow!("{e}"))?, text);
     assert_eq!(data::eos_token_id(dir.path(), &tok)?, summary.eos_id);
-    assert_eq!(
-        tok.id_to_token(summary.eos_id).as_deref(),
-        Some(tiny::EOS_TOKEN)
-    );
+    assert_eq!(tok.id_to_token(summary.eos_id).as_deref(), Some(tiny::EOS_TOKEN));
     Ok(())
 }
 
@@ -147,24 +119,17 @@ fn make_tiny_model_writes_a_loadable_checkpoint() -> anyhow::Result<()> {
 fn make_tiny_data_packs_with_the_tiny_model() -> anyhow::Result<()> {
     let model = tempfile::tempdir()?;
     tiny::write_model(model.path(), &TinyModelConfig::default())?;
-    let tok = tokenizers::Tokenizer::from_file(model.path().join("tokenizer.json"))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tok =
+        tokenizers::Tokenizer::from_file(model.path().join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let eos = data::eos_token_id(model.path(), &tok)?;
 
     let dir = tempfile::tempdir()?;
     tiny::write_data(dir.path(), 5, 300, 30)?;
     let rows = data::load_rows(dir.path(), Split::Train)?;
     assert_eq!(rows.len(), 300);
-    assert!(
-        rows.iter()
-            .any(|r| r.messages.iter().any(|m| m.role == "system"))
-    );
+    assert!(rows.iter().any(|r| r.messages.iter().any(|m| m.role == "system")));
     let packed = data::load_packed(&dir.path().to_string_lossy(), &tok, eos, 64)?;
-    assert!(
-        packed.train.len() > 100,
-        "{} train blocks",
-        packed.train.len()
-    );
+    assert!(packed.train.len() > 100, "{} train blocks", packed.train.len());
     assert!(!packed.eval.is_empty());
     assert!(packed.train.iter().flatten().filter(|&&t| t == eos).count() >= 250);
     Ok(())
@@ -176,11 +141,7 @@ fn the_candle_model_loads_the_tiny_checkpoint_at_chance_loss() -> anyhow::Result
 
     let model_dir = tempfile::tempdir()?;
     let summary = tiny::write_model(model_dir.path(), &TinyModelConfig::default())?;
-    let model = Qwen2Model::load(
-        model_dir.path(),
-        candle_core::DType::F32,
-        &candle_core::Device::Cpu,
-    )?;
+    let model = Qwen2Model::load(model_dir.path(), candle_core::DType::F32, &candle_core::Device::Cpu)?;
     let tok = tokenizers::Tokenizer::from_file(model_dir.path().join("tokenizer.json"))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let eos = data::eos_token_id(model_dir.path(), &tok)?;
@@ -191,10 +152,7 @@ fn the_candle_model_loads_the_tiny_checkpoint_at_chance_loss() -> anyhow::Result
     // default divergence threshold of 6.0.
     let loss = eval_loss(&model, None, &packed.eval, 4)?;
     let chance = (summary.vocab_size as f64).ln();
-    assert!(
-        (loss - chance).abs() < 0.1,
-        "loss {loss}, ln(vocab) {chance}"
-    );
+    assert!((loss - chance).abs() < 0.1, "loss {loss}, ln(vocab) {chance}");
     assert!(loss < 6.0, "loss {loss}");
     Ok(())
 }

@@ -14,11 +14,8 @@ fn root() -> PathBuf {
 #[test]
 fn real_qwen_tokenizer_matches_python() -> anyhow::Result<()> {
     let dir = root().join("fixtures/qwen2.5-tokenizer");
-    let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let g: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        root().join("reference/goldens.json"),
-    )?)?;
+    let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let g: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("reference/goldens.json"))?)?;
     let real = &g["real_tokenizer"];
 
     let eos = data::eos_token_id(&dir, &tok)?;
@@ -30,14 +27,10 @@ fn real_qwen_tokenizer_matches_python() -> anyhow::Result<()> {
     for case in cases {
         let text = case["text"].as_str().context("text")?;
         let want: Vec<u32> = serde_json::from_value(case["ids"].clone())?;
-        let got = tok
-            .encode(text, false)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let got = tok.encode(text, false).map_err(|e| anyhow::anyhow!("{e}"))?;
         assert_eq!(got.get_ids(), want.as_slice(), "{text:?}");
         // Byte-level BPE round-trips (NFC aside), specials included.
-        let back = tok
-            .decode(&want, false)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let back = tok.decode(&want, false).map_err(|e| anyhow::anyhow!("{e}"))?;
         if !text.contains('\u{301}') {
             assert_eq!(back, text);
         }

@@ -21,10 +21,7 @@ async fn token_protected_coordinator_serves_clients_that_send_their_token() -> a
     let url = format!("http://{}", listener.local_addr()?);
     let mut config = lorasweep_coordinator::Config::new(dir.path().join("data"));
     let secret = |t: &str| Secret::new(t, "test").map_err(anyhow::Error::msg);
-    config.tokens = Tokens {
-        admin: Some(secret(ADMIN)?),
-        worker: Some(secret(WORKER)?),
-    };
+    config.tokens = Tokens { admin: Some(secret(ADMIN)?), worker: Some(secret(WORKER)?) };
     let stop = CancellationToken::new();
     let server = tokio::spawn(lorasweep_coordinator::serve(listener, config, stop.clone()));
 
@@ -39,28 +36,17 @@ async fn token_protected_coordinator_serves_clients_that_send_their_token() -> a
     let refused = cli(&url, &["submit", sweep_path]).await?;
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        err.contains("--token-file") || err.contains("LORASWEEP_TOKEN"),
-        "{err}"
-    );
+    assert!(err.contains("--token-file") || err.contains("LORASWEEP_TOKEN"), "{err}");
     // The worker token may read but not submit.
     let worker_file = dir.path().join("worker.token");
     std::fs::write(&worker_file, format!("{WORKER}\n"))?;
     let worker_path = worker_file.to_str().expect("utf-8 path");
-    assert!(
-        !cli(&url, &["--token-file", worker_path, "submit", sweep_path])
-            .await?
-            .status
-            .success()
-    );
+    assert!(!cli(&url, &["--token-file", worker_path, "submit", sweep_path]).await?.status.success());
     // The admin token may submit.
     let admin_file = dir.path().join("admin.token");
     std::fs::write(&admin_file, format!("{ADMIN}\n"))?;
     let admin_path = admin_file.to_str().expect("utf-8 path");
-    let sweep = cli_ok(&url, &["--token-file", admin_path, "submit", sweep_path])
-        .await?
-        .trim()
-        .to_string();
+    let sweep = cli_ok(&url, &["--token-file", admin_path, "submit", sweep_path]).await?.trim().to_string();
 
     // A worker with the worker token runs it.
     let args = WorkerArgs {
@@ -70,21 +56,14 @@ async fn token_protected_coordinator_serves_clients_that_send_their_token() -> a
         synthetic_step_ms: 1,
         max_backoff_ms: 100,
     };
-    let connect = ConnectArgs {
-        token: Some(WORKER.into()),
-        ..Default::default()
-    };
+    let connect = ConnectArgs { token: Some(WORKER.into()), ..Default::default() };
     let worker_config = lorasweep_worker::Config::new(&url, args)?.with_connect(&connect)?;
     let worker_stop = CancellationToken::new();
     let worker = tokio::spawn(lorasweep_worker::run(worker_config, worker_stop.clone()));
     await_condition("the job to finish", Duration::from_secs(20), || {
         let (sweep, url) = (sweep.clone(), url.clone());
         async move {
-            let out = cli_ok(
-                &url,
-                &["--token-file", worker_path, "status", &sweep, "--json"],
-            )
-            .await?;
+            let out = cli_ok(&url, &["--token-file", worker_path, "status", &sweep, "--json"]).await?;
             let v: serde_json::Value = serde_json::from_str(&out)?;
             Ok((v["counts"]["succeeded"] == 1).then_some(()))
         }

@@ -5,9 +5,7 @@ use std::{collections::HashSet, time::Duration};
 
 use lorasweep_proto::pb;
 
-use crate::helpers::{
-    self, await_sweep_done, clients, expected_eval_steps, spawn_coordinator, spawn_worker,
-};
+use crate::helpers::{self, await_sweep_done, clients, expected_eval_steps, spawn_coordinator, spawn_worker};
 
 /// Optimizer steps per job: small so 140 jobs finish in seconds.
 const STEPS: u64 = 6;
@@ -25,9 +23,8 @@ async fn default_grid_completes_with_four_workers_each_job_once() -> anyhow::Res
     // Only the step count differs from the empty file, so the grid is the default 5 × 7 × 4.
     let sweep = helpers::submit(&mut sweeps, &format!("[train]\nmax_steps = {STEPS}\n")).await?;
     let started = std::time::Instant::now();
-    let workers: Vec<_> = (0..4)
-        .map(|i| spawn_worker(&coordinator.url, &format!("w{i}"), 1))
-        .collect::<Result<_, _>>()?;
+    let workers: Vec<_> =
+        (0..4).map(|i| spawn_worker(&coordinator.url, &format!("w{i}"), 1)).collect::<Result<_, _>>()?;
 
     let jobs = await_sweep_done(&sweeps, &sweep, Duration::from_secs(120)).await?;
     let elapsed = started.elapsed();
@@ -37,78 +34,26 @@ async fn default_grid_completes_with_four_workers_each_job_once() -> anyhow::Res
     let mut cells = HashSet::new();
     let mut used_workers = HashSet::new();
     for job in &jobs {
-        assert!(
-            cells.insert((job.init.clone(), job.lr.to_bits(), job.seed)),
-            "duplicate cell {job:?}"
-        );
-        let expected = if diverges(&job.init, job.lr) {
-            pb::JobState::Diverged
-        } else {
-            pb::JobState::Succeeded
-        };
-        assert_eq!(
-            job.state, expected as i32,
-            "{} lr={} seed={}",
-            job.init, job.lr, job.seed
-        );
-        assert_eq!(
-            (job.attempt, job.failures),
-            (1, 0),
-            "leased exactly once: {job:?}"
-        );
+        assert!(cells.insert((job.init.clone(), job.lr.to_bits(), job.seed)), "duplicate cell {job:?}");
+        let expected = if diverges(&job.init, job.lr) { pb::JobState::Diverged } else { pb::JobState::Succeeded };
+        assert_eq!(job.state, expected as i32, "{} lr={} seed={}", job.init, job.lr, job.seed);
+        assert_eq!((job.attempt, job.failures), (1, 0), "leased exactly once: {job:?}");
         assert_eq!((job.step, job.total_steps), (STEPS, STEPS));
         used_workers.insert(job.worker.clone());
 
-        let curve = sweeps
-            .get_curve(pb::GetCurveRequest {
-                job_id: job.id.clone(),
-            })
-            .await?
-            .into_inner();
-        assert_eq!(
-            curve.train_steps,
-            (1..=STEPS).collect::<Vec<_>>(),
-            "train curve of {}",
-            job.id
-        );
-        assert_eq!(
-            curve.eval_steps,
-            expected_eval_steps(STEPS),
-            "eval curve of {}",
-            job.id
-        );
-        assert_eq!(
-            job.final_eval_loss,
-            curve.eval_losses.last().copied(),
-            "final eval of {}",
-            job.id
-        );
+        let curve = sweeps.get_curve(pb::GetCurveRequest { job_id: job.id.clone() }).await?.into_inner();
+        assert_eq!(curve.train_steps, (1..=STEPS).collect::<Vec<_>>(), "train curve of {}", job.id);
+        assert_eq!(curve.eval_steps, expected_eval_steps(STEPS), "eval curve of {}", job.id);
+        assert_eq!(job.final_eval_loss, curve.eval_losses.last().copied(), "final eval of {}", job.id);
         if expected == pb::JobState::Succeeded {
-            let last = job
-                .final_eval_loss
-                .expect("succeeded jobs have a final eval");
-            assert!(
-                (2.15..2.45).contains(&last),
-                "{} lr={} ends at {last}",
-                job.init,
-                job.lr
-            );
+            let last = job.final_eval_loss.expect("succeeded jobs have a final eval");
+            assert!((2.15..2.45).contains(&last), "{} lr={} ends at {last}", job.init, job.lr);
         }
     }
     assert_eq!(used_workers.len(), 4, "all four workers took jobs");
-    assert_eq!(
-        jobs.iter()
-            .filter(|j| j.state == pb::JobState::Diverged as i32)
-            .count(),
-        32
-    );
+    assert_eq!(jobs.iter().filter(|j| j.state == pb::JobState::Diverged as i32).count(), 32);
 
-    let status = sweeps
-        .get_sweep(pb::GetSweepRequest {
-            sweep_id: sweep.clone(),
-        })
-        .await?
-        .into_inner();
+    let status = sweeps.get_sweep(pb::GetSweepRequest { sweep_id: sweep.clone() }).await?.into_inner();
     assert_eq!(status.sweep.map(|s| s.total), Some(140));
     for w in workers {
         w.stop().await?;

@@ -37,11 +37,7 @@ pub(crate) fn init_tracing() {
 }
 
 /// Polls `check` every 20 ms until it yields `Some`, failing after `timeout` with `what`.
-pub(crate) async fn await_condition<T, F, Fut>(
-    what: &str,
-    timeout: Duration,
-    mut check: F,
-) -> anyhow::Result<T>
+pub(crate) async fn await_condition<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<Option<T>>>,
@@ -67,10 +63,7 @@ pub(crate) struct InProcessCoordinator {
 }
 
 /// Starts a coordinator in this process on `data_dir` with lease TTL `ttl`.
-pub(crate) async fn spawn_coordinator(
-    data_dir: &Path,
-    ttl: Duration,
-) -> anyhow::Result<InProcessCoordinator> {
+pub(crate) async fn spawn_coordinator(data_dir: &Path, ttl: Duration) -> anyhow::Result<InProcessCoordinator> {
     spawn_coordinator_on("127.0.0.1:0", data_dir, ttl).await
 }
 
@@ -88,16 +81,8 @@ pub(crate) async fn spawn_coordinator_on(
     config.reap_interval = Duration::from_millis(50);
     config.watch_interval = Duration::from_millis(20);
     let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(lorasweep_coordinator::serve(
-        listener,
-        config,
-        shutdown.clone(),
-    ));
-    Ok(InProcessCoordinator {
-        url,
-        shutdown,
-        handle,
-    })
+    let handle = tokio::spawn(lorasweep_coordinator::serve(listener, config, shutdown.clone()));
+    Ok(InProcessCoordinator { url, shutdown, handle })
 }
 
 impl InProcessCoordinator {
@@ -183,77 +168,36 @@ pub(crate) async fn start_coordinator_process(
     log: PathBuf,
 ) -> anyhow::Result<(Proc, String)> {
     let data = data_dir.to_str().context("utf-8 temp dir")?;
-    let mut proc = Proc::start(
-        &[
-            "coordinator",
-            "--listen",
-            listen,
-            "--data-dir",
-            data,
-            "--lease-ttl",
-            ttl,
-        ],
-        log,
-    )?;
+    let mut proc = Proc::start(&["coordinator", "--listen", listen, "--data-dir", data, "--lease-ttl", ttl], log)?;
     let stdout = proc.child.stdout.take().context("piped stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
         .await
-        .with_context(|| {
-            format!(
-                "coordinator did not report its address; log:\n{}",
-                proc.log_text()
-            )
-        })??
+        .with_context(|| format!("coordinator did not report its address; log:\n{}", proc.log_text()))??
         .with_context(|| format!("coordinator exited; log:\n{}", proc.log_text()))?;
-    let addr = line
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line {line:?}"))?;
+    let addr = line.strip_prefix("listening on ").with_context(|| format!("unexpected first line {line:?}"))?;
     Ok((proc, format!("http://{addr}")))
 }
 
 /// Connects both clients to `url`.
-pub(crate) async fn clients(
-    url: &str,
-) -> anyhow::Result<(SweepsClient<Channel>, WorkersClient<Channel>)> {
-    let channel = Channel::from_shared(url.to_string())?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    Ok((
-        SweepsClient::new(channel.clone()),
-        WorkersClient::new(channel),
-    ))
+pub(crate) async fn clients(url: &str) -> anyhow::Result<(SweepsClient<Channel>, WorkersClient<Channel>)> {
+    let channel =
+        Channel::from_shared(url.to_string())?.connect().await.with_context(|| format!("connecting to {url}"))?;
+    Ok((SweepsClient::new(channel.clone()), WorkersClient::new(channel)))
 }
 
 /// Submits `toml` and returns the sweep id.
-pub(crate) async fn submit(
-    sweeps: &mut SweepsClient<Channel>,
-    toml: &str,
-) -> anyhow::Result<String> {
+pub(crate) async fn submit(sweeps: &mut SweepsClient<Channel>, toml: &str) -> anyhow::Result<String> {
     let resp = sweeps
-        .submit_sweep(pb::SubmitSweepRequest {
-            sweep_toml: toml.into(),
-            source: "test.toml".into(),
-        })
+        .submit_sweep(pb::SubmitSweepRequest { sweep_toml: toml.into(), source: "test.toml".into() })
         .await?
         .into_inner();
     Ok(resp.sweep_id)
 }
 
 /// The sweep's jobs.
-pub(crate) async fn jobs(
-    sweeps: &mut SweepsClient<Channel>,
-    sweep: &str,
-) -> anyhow::Result<Vec<pb::Job>> {
-    Ok(sweeps
-        .list_jobs(pb::ListJobsRequest {
-            sweep_id: sweep.into(),
-            state: 0,
-        })
-        .await?
-        .into_inner()
-        .jobs)
+pub(crate) async fn jobs(sweeps: &mut SweepsClient<Channel>, sweep: &str) -> anyhow::Result<Vec<pb::Job>> {
+    Ok(sweeps.list_jobs(pb::ListJobsRequest { sweep_id: sweep.into(), state: 0 }).await?.into_inner().jobs)
 }
 
 /// True for succeeded, failed, diverged and cancelled.
@@ -294,11 +238,7 @@ pub(crate) async fn cli(url: &str, args: &[&str]) -> anyhow::Result<std::process
 pub(crate) async fn cli_ok(url: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = cli(url, args).await?;
     if !out.status.success() {
-        bail!(
-            "lorasweep {args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("lorasweep {args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8(out.stdout)?)
 }

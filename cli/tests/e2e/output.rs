@@ -19,10 +19,7 @@ async fn client_commands_print_the_documented_shapes() -> anyhow::Result<()> {
         &file,
         "name = \"small\"\n[train]\nmax_steps = 12\n[grid]\ninits = [\"standard\", \"ortho-eye\"]\nlrs = [2e-4]\nseeds = [42, 43]\n",
     )?;
-    let sweep = cli_ok(&url, &["submit", file.to_str().expect("utf-8 path")])
-        .await?
-        .trim()
-        .to_string();
+    let sweep = cli_ok(&url, &["submit", file.to_str().expect("utf-8 path")]).await?.trim().to_string();
     assert!(!sweep.is_empty());
     let worker = spawn_worker(&url, "solo", 1)?;
     let (sweeps, _) = clients(&url).await?;
@@ -43,35 +40,18 @@ async fn client_commands_print_the_documented_shapes() -> anyhow::Result<()> {
     let jobs: Value = serde_json::from_str(&cli_ok(&url, &["jobs", &sweep, "--json"]).await?)?;
     let jobs = jobs.as_array().expect("jobs --json is an array");
     assert_eq!(jobs.len(), 4);
-    for key in [
-        "id",
-        "init",
-        "lr",
-        "seed",
-        "state",
-        "attempt",
-        "worker",
-        "step",
-        "final_eval_loss",
-    ] {
-        assert!(
-            jobs.iter().all(|j| j.get(key).is_some()),
-            "every job has {key:?}: {jobs:?}"
-        );
+    for key in ["id", "init", "lr", "seed", "state", "attempt", "worker", "step", "final_eval_loss"] {
+        assert!(jobs.iter().all(|j| j.get(key).is_some()), "every job has {key:?}: {jobs:?}");
     }
     assert_eq!(jobs[0]["init"], "standard");
     assert_eq!(jobs[0]["state"], "succeeded");
     assert_eq!(jobs[0]["step"], 12);
-    let filtered: Value = serde_json::from_str(
-        &cli_ok(&url, &["jobs", &sweep, "--state", "running", "--json"]).await?,
-    )?;
+    let filtered: Value =
+        serde_json::from_str(&cli_ok(&url, &["jobs", &sweep, "--state", "running", "--json"]).await?)?;
     assert_eq!(filtered.as_array().map(Vec::len), Some(0));
     let bad_state = cli(&url, &["jobs", &sweep, "--state", "done"]).await?;
     assert!(!bad_state.status.success());
-    assert!(
-        String::from_utf8_lossy(&bad_state.stderr).contains("succeeded"),
-        "lists the allowed states"
-    );
+    assert!(String::from_utf8_lossy(&bad_state.stderr).contains("succeeded"), "lists the allowed states");
 
     let job = jobs[0]["id"].as_str().expect("id is a string");
     let curve: Value = serde_json::from_str(&cli_ok(&url, &["curve", job, "--json"]).await?)?;
@@ -79,23 +59,13 @@ async fn client_commands_print_the_documented_shapes() -> anyhow::Result<()> {
     assert_eq!(train.len(), 12);
     assert_eq!(train[0][0], 1);
     assert!(train[0][1].as_f64().is_some());
-    assert_eq!(
-        curve["eval"].as_array().map(Vec::len),
-        Some(3),
-        "evals at 0, 40 and 48"
-    );
-    assert_eq!(
-        curve["eval"][2][1].as_f64(),
-        jobs[0]["final_eval_loss"].as_f64()
-    );
+    assert_eq!(curve["eval"].as_array().map(Vec::len), Some(3), "evals at 0, 40 and 48");
+    assert_eq!(curve["eval"][2][1].as_f64(), jobs[0]["final_eval_loss"].as_f64());
     let csv = cli_ok(&url, &["curve", job, "--csv"]).await?;
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines[0], "series,step,loss");
     assert_eq!(lines.len(), 1 + 12 + 3);
-    assert!(
-        lines[1].starts_with("train,1,") && lines[13].starts_with("eval,0,"),
-        "{csv}"
-    );
+    assert!(lines[1].starts_with("train,1,") && lines[13].starts_with("eval,0,"), "{csv}");
 
     let workers: Value = serde_json::from_str(&cli_ok(&url, &["workers", "--json"]).await?)?;
     assert_eq!(workers[0]["name"], "solo");
@@ -103,30 +73,18 @@ async fn client_commands_print_the_documented_shapes() -> anyhow::Result<()> {
 
     // A finished sweep: watch prints its end and exits 0 (stdout is a pipe, so plain lines).
     let watched = cli_ok(&url, &["watch", &sweep]).await?;
-    assert!(
-        watched.contains("finished") && watched.contains("succeeded=4"),
-        "{watched}"
-    );
+    assert!(watched.contains("finished") && watched.contains("succeeded=4"), "{watched}");
 
     // Cancel and retry on a finished sweep touch nothing.
-    assert!(
-        cli_ok(&url, &["cancel", &sweep])
-            .await?
-            .contains("cancelled 0 jobs")
-    );
-    assert!(
-        cli_ok(&url, &["retry", &sweep])
-            .await?
-            .contains("requeued 0 jobs")
-    );
+    assert!(cli_ok(&url, &["cancel", &sweep]).await?.contains("cancelled 0 jobs"));
+    assert!(cli_ok(&url, &["retry", &sweep]).await?.contains("requeued 0 jobs"));
 
     worker.stop().await?;
     coordinator.stop().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_sweep_file_is_refused_naming_file_and_key_and_nothing_is_stored() -> anyhow::Result<()>
-{
+async fn bad_sweep_file_is_refused_naming_file_and_key_and_nothing_is_stored() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let coordinator = spawn_coordinator(&dir.path().join("data"), Duration::from_secs(5)).await?;
     let url = coordinator.url.clone();
@@ -135,28 +93,14 @@ async fn bad_sweep_file_is_refused_naming_file_and_key_and_nothing_is_stored() -
     let out = cli(&url, &["submit", file.to_str().expect("utf-8 path")]).await?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("typo.toml") && err.contains("inits") && err.contains("kaiming"),
-        "{err}"
-    );
+    assert!(err.contains("typo.toml") && err.contains("inits") && err.contains("kaiming"), "{err}");
 
-    let missing = cli(
-        &url,
-        &[
-            "submit",
-            dir.path().join("nope.toml").to_str().expect("utf-8"),
-        ],
-    )
-    .await?;
+    let missing = cli(&url, &["submit", dir.path().join("nope.toml").to_str().expect("utf-8")]).await?;
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nope.toml"));
 
     let (mut sweeps, _) = clients(&url).await?;
-    let listed = sweeps
-        .list_sweeps(pb::ListSweepsRequest {})
-        .await?
-        .into_inner()
-        .sweeps;
+    let listed = sweeps.list_sweeps(pb::ListSweepsRequest {}).await?.into_inner().sweeps;
     assert!(listed.is_empty(), "nothing stored: {listed:?}");
     coordinator.stop().await
 }
@@ -164,16 +108,11 @@ async fn bad_sweep_file_is_refused_naming_file_and_key_and_nothing_is_stored() -
 #[tokio::test]
 async fn unreachable_coordinator_error_names_the_url() -> anyhow::Result<()> {
     // Bind and drop: a port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let url = format!("http://127.0.0.1:{port}");
     let out = cli(&url, &["status"]).await?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&url) && err.contains("cannot connect"),
-        "{err}"
-    );
+    assert!(err.contains(&url) && err.contains("cannot connect"), "{err}");
     Ok(())
 }

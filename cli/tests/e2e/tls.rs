@@ -20,8 +20,7 @@ async fn worker_and_cli_talk_to_a_tls_coordinator_with_the_ca() -> anyhow::Resul
     let ca_pem = ca_params.self_signed(&ca_key)?.pem();
     let issuer = Issuer::new(ca_params, ca_key);
     let server_key = KeyPair::generate()?;
-    let server_cert =
-        CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&server_key, &issuer)?;
+    let server_cert = CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&server_key, &issuer)?;
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca_pem)?;
     let ca_path = ca_file.to_str().expect("utf-8 path");
@@ -45,18 +44,8 @@ async fn worker_and_cli_talk_to_a_tls_coordinator_with_the_ca() -> anyhow::Resul
         &sweep_file,
         "[train]\nmax_steps = 3\n[grid]\ninits = [\"ortho-eye\"]\nlrs = [5e-4]\nseeds = [1]\n",
     )?;
-    let sweep = cli_ok(
-        &url,
-        &[
-            "--tls-ca",
-            ca_path,
-            "submit",
-            sweep_file.to_str().expect("utf-8"),
-        ],
-    )
-    .await?
-    .trim()
-    .to_string();
+    let sweep =
+        cli_ok(&url, &["--tls-ca", ca_path, "submit", sweep_file.to_str().expect("utf-8")]).await?.trim().to_string();
 
     let args = WorkerArgs {
         name: Some("tls".into()),
@@ -65,27 +54,20 @@ async fn worker_and_cli_talk_to_a_tls_coordinator_with_the_ca() -> anyhow::Resul
         synthetic_step_ms: 1,
         max_backoff_ms: 100,
     };
-    let connect = ConnectArgs {
-        tls_ca: Some(ca_file.clone()),
-        ..Default::default()
-    };
+    let connect = ConnectArgs { tls_ca: Some(ca_file.clone()), ..Default::default() };
     let worker_stop = CancellationToken::new();
     let worker = tokio::spawn(lorasweep_worker::run(
         lorasweep_worker::Config::new(&url, args)?.with_connect(&connect)?,
         worker_stop.clone(),
     ));
-    await_condition(
-        "the job to finish over TLS",
-        Duration::from_secs(20),
-        || {
-            let (sweep, url) = (sweep.clone(), url.clone());
-            async move {
-                let out = cli_ok(&url, &["--tls-ca", ca_path, "status", &sweep, "--json"]).await?;
-                let v: serde_json::Value = serde_json::from_str(&out)?;
-                Ok((v["counts"]["succeeded"] == 1).then_some(()))
-            }
-        },
-    )
+    await_condition("the job to finish over TLS", Duration::from_secs(20), || {
+        let (sweep, url) = (sweep.clone(), url.clone());
+        async move {
+            let out = cli_ok(&url, &["--tls-ca", ca_path, "status", &sweep, "--json"]).await?;
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            Ok((v["counts"]["succeeded"] == 1).then_some(()))
+        }
+    })
     .await?;
     worker_stop.cancel();
     worker.await??;

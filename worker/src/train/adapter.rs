@@ -24,10 +24,7 @@ pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
 fn io(path: &Path, source: std::io::Error) -> TrainError {
-    TrainError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    TrainError::Io { path: path.display().to_string(), source }
 }
 
 /// The `adapter_config.json` document for a job.
@@ -59,12 +56,7 @@ pub fn adapter_config(spec: &LoraSpec, base_model: &str) -> serde_json::Value {
 ///
 /// # Errors
 /// [`TrainError::Io`] for file errors; tensor errors.
-pub fn save(
-    dir: &Path,
-    ads: &Adapters,
-    spec: &LoraSpec,
-    base_model: &str,
-) -> Result<(), TrainError> {
+pub fn save(dir: &Path, ads: &Adapters, spec: &LoraSpec, base_model: &str) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let cfg_path = dir.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(&adapter_config(spec, base_model))
@@ -75,10 +67,7 @@ pub fn save(
     for ad in &ads.list {
         let prefix = peft_prefix(ad.layer, ad.module);
         for (part, var) in [("lora_A", &ad.a), ("lora_B", &ad.b)] {
-            let t = var
-                .as_tensor()
-                .to_dtype(DType::F32)?
-                .to_device(&Device::Cpu)?;
+            let t = var.as_tensor().to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
             let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
             let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
             bytes.push((format!("{prefix}.{part}.weight"), t.dims().to_vec(), raw));
@@ -104,18 +93,10 @@ pub fn save(
 /// # Errors
 /// [`TrainError::Model`] naming the missing file, an unexpected tensor, a missing pair or a
 /// shape mismatch.
-pub fn load(
-    dir: &Path,
-    spec: &LoraSpec,
-    cfg: &Qwen2Config,
-    dev: &Device,
-) -> Result<Adapters, TrainError> {
+pub fn load(dir: &Path, spec: &LoraSpec, cfg: &Qwen2Config, dev: &Device) -> Result<Adapters, TrainError> {
     let path = dir.join(WEIGHTS_FILE);
     if !path.is_file() {
-        return Err(TrainError::Model(format!(
-            "missing adapter weights {}",
-            path.display()
-        )));
+        return Err(TrainError::Model(format!("missing adapter weights {}", path.display())));
     }
     let tensors = candle_core::safetensors::load(&path, dev)
         .map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))?;
@@ -183,30 +164,15 @@ mod tests {
     #[test]
     fn save_then_load_round_trips_with_peft_names_and_metadata() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let spec = LoraSpec {
-            targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
-            ..LoraSpec::default()
-        };
+        let spec =
+            LoraSpec { targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()], ..LoraSpec::default() };
         let c = cfg();
-        let ads = Adapters::init(
-            &spec,
-            LoraInit::OrthoQrMatch,
-            5,
-            2,
-            &|m| c.proj_dims(m),
-            &Device::Cpu,
-        )?;
+        let ads = Adapters::init(&spec, LoraInit::OrthoQrMatch, 5, 2, &|m| c.proj_dims(m), &Device::Cpu)?;
         save(dir.path(), &ads, &spec, "tiny")?;
 
         let raw = std::fs::read(dir.path().join(WEIGHTS_FILE))?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&raw)?;
-        assert_eq!(
-            meta.metadata()
-                .as_ref()
-                .and_then(|m| m.get("format"))
-                .map(String::as_str),
-            Some("pt")
-        );
+        assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
         let st = safetensors::SafeTensors::deserialize(&raw)?;
         let mut names = st.names();
         names.sort();
@@ -215,28 +181,18 @@ mod tests {
         let t = st.tensor("base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight")?;
         assert_eq!((t.dtype(), t.shape()), (Dtype::F32, &[8usize, 16][..]));
 
-        let conf: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFIG_FILE))?)?;
+        let conf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFIG_FILE))?)?;
         assert_eq!(conf["r"], 8);
         assert_eq!(conf["lora_alpha"], 16.0);
         assert_eq!(conf["init_lora_weights"], true);
-        assert_eq!(
-            conf["target_modules"],
-            serde_json::json!(["q_proj", "v_proj", "down_proj"])
-        );
+        assert_eq!(conf["target_modules"], serde_json::json!(["q_proj", "v_proj", "down_proj"]));
 
         let back = load(dir.path(), &spec, &c, &Device::Cpu)?;
         assert_eq!(back.list.len(), ads.list.len());
         for (x, y) in ads.list.iter().zip(&back.list) {
             assert_eq!((x.layer, x.module), (y.layer, y.module));
-            assert_eq!(
-                x.a.flatten_all()?.to_vec1::<f32>()?,
-                y.a.flatten_all()?.to_vec1::<f32>()?
-            );
-            assert_eq!(
-                x.b.flatten_all()?.to_vec1::<f32>()?,
-                y.b.flatten_all()?.to_vec1::<f32>()?
-            );
+            assert_eq!(x.a.flatten_all()?.to_vec1::<f32>()?, y.a.flatten_all()?.to_vec1::<f32>()?);
+            assert_eq!(x.b.flatten_all()?.to_vec1::<f32>()?, y.b.flatten_all()?.to_vec1::<f32>()?);
         }
         Ok(())
     }
@@ -244,24 +200,13 @@ mod tests {
     #[test]
     fn load_names_missing_file_and_rank_mismatch() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let err = load(dir.path(), &LoraSpec::default(), &cfg(), &Device::Cpu)
-            .unwrap_err()
-            .to_string();
+        let err = load(dir.path(), &LoraSpec::default(), &cfg(), &Device::Cpu).unwrap_err().to_string();
         assert!(err.contains(WEIGHTS_FILE), "{err}");
         let spec = LoraSpec::default();
         let c = cfg();
-        let ads = Adapters::init(
-            &spec,
-            LoraInit::Standard,
-            5,
-            2,
-            &|m| c.proj_dims(m),
-            &Device::Cpu,
-        )?;
+        let ads = Adapters::init(&spec, LoraInit::Standard, 5, 2, &|m| c.proj_dims(m), &Device::Cpu)?;
         save(dir.path(), &ads, &spec, "tiny")?;
-        let err = load(dir.path(), &LoraSpec { r: 4, ..spec }, &c, &Device::Cpu)
-            .unwrap_err()
-            .to_string();
+        let err = load(dir.path(), &LoraSpec { r: 4, ..spec }, &c, &Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("expected [4, 16]"), "{err}");
         Ok(())
     }

@@ -29,9 +29,7 @@ pub fn shape(name: &str) -> Result<Qwen2Config, TrainError> {
         "0.5b" => (151_936, 896, 4864, 24, 14, 2, 1e6),
         "1.5b" => (151_936, 1536, 8960, 28, 12, 2, 1e6),
         other => {
-            return Err(TrainError::Invalid(format!(
-                "unknown shape {other:?}; allowed: tiny, 0.5b, 1.5b"
-            )));
+            return Err(TrainError::Invalid(format!("unknown shape {other:?}; allowed: tiny, 0.5b, 1.5b")));
         }
     };
     Ok(Qwen2Config {
@@ -50,26 +48,17 @@ pub fn shape(name: &str) -> Result<Qwen2Config, TrainError> {
 
 /// Random f32 weights for `cfg` under HF names (tied embeddings, no `lm_head.weight`):
 /// matrices and biases U(±√3·0.02) (std 0.02, as HF's init), norm weights 1 ± U(√3·0.1).
-pub fn random_weights(
-    cfg: &Qwen2Config,
-    seed: u64,
-) -> candle_core::Result<HashMap<String, Tensor>> {
+pub fn random_weights(cfg: &Qwen2Config, seed: u64) -> candle_core::Result<HashMap<String, Tensor>> {
     let mut rng = stream(seed, Purpose::Bench, &[]);
-    let mut gen_tensor =
-        |shape: Vec<usize>, center: f32, std: f32| -> candle_core::Result<Tensor> {
-            let bound = 3f32.sqrt() * std;
-            let n: usize = shape.iter().product();
-            let v: Vec<f32> = (0..n)
-                .map(|_| center + bound * (2.0 * rng.random::<f32>() - 1.0))
-                .collect();
-            Tensor::from_vec(v, shape, &Device::Cpu)
-        };
+    let mut gen_tensor = |shape: Vec<usize>, center: f32, std: f32| -> candle_core::Result<Tensor> {
+        let bound = 3f32.sqrt() * std;
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| center + bound * (2.0 * rng.random::<f32>() - 1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    };
     let mut ts = HashMap::new();
     let h = cfg.hidden_size;
-    ts.insert(
-        "model.embed_tokens.weight".into(),
-        gen_tensor(vec![cfg.vocab_size, h], 0.0, 0.02)?,
-    );
+    ts.insert("model.embed_tokens.weight".into(), gen_tensor(vec![cfg.vocab_size, h], 0.0, 0.02)?);
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
         for (block, m, bias) in [
@@ -82,25 +71,13 @@ pub fn random_weights(
             ("mlp", "down_proj", false),
         ] {
             let (d_in, d_out) = cfg.proj_dims(m);
-            ts.insert(
-                format!("{p}.{block}.{m}.weight"),
-                gen_tensor(vec![d_out, d_in], 0.0, 0.02)?,
-            );
+            ts.insert(format!("{p}.{block}.{m}.weight"), gen_tensor(vec![d_out, d_in], 0.0, 0.02)?);
             if bias {
-                ts.insert(
-                    format!("{p}.{block}.{m}.bias"),
-                    gen_tensor(vec![d_out], 0.0, 0.02)?,
-                );
+                ts.insert(format!("{p}.{block}.{m}.bias"), gen_tensor(vec![d_out], 0.0, 0.02)?);
             }
         }
-        ts.insert(
-            format!("{p}.input_layernorm.weight"),
-            gen_tensor(vec![h], 1.0, 0.1)?,
-        );
-        ts.insert(
-            format!("{p}.post_attention_layernorm.weight"),
-            gen_tensor(vec![h], 1.0, 0.1)?,
-        );
+        ts.insert(format!("{p}.input_layernorm.weight"), gen_tensor(vec![h], 1.0, 0.1)?);
+        ts.insert(format!("{p}.post_attention_layernorm.weight"), gen_tensor(vec![h], 1.0, 0.1)?);
     }
     ts.insert("model.norm.weight".into(), gen_tensor(vec![h], 1.0, 0.1)?);
     Ok(ts)
@@ -177,11 +154,7 @@ pub fn process_cpu_seconds() -> Option<f64> {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
 }
 
 /// Builds the model and runs `1 + steps` training steps (forward, backward, clip + AdamW).
@@ -194,30 +167,18 @@ pub fn run_bench(opts: &BenchOpts, dev: &Device) -> Result<BenchReport, TrainErr
         cfg.num_hidden_layers = l.min(cfg.num_hidden_layers);
     }
     if opts.seq < 2 || opts.batch == 0 {
-        return Err(TrainError::Invalid(
-            "bench needs seq ≥ 2 and batch ≥ 1".into(),
-        ));
+        return Err(TrainError::Invalid("bench needs seq ≥ 2 and batch ≥ 1".into()));
     }
     let ts = random_weights(&cfg, 0)?;
     let model = Qwen2Model::from_tensors(&cfg, ts, opts.dtype, dev)?;
-    let ads = Adapters::init(
-        &opts.lora,
-        LoraInit::Standard,
-        0,
-        cfg.num_hidden_layers,
-        &|m| cfg.proj_dims(m),
-        dev,
-    )?;
+    let ads = Adapters::init(&opts.lora, LoraInit::Standard, 0, cfg.num_hidden_layers, &|m| cfg.proj_dims(m), dev)?;
     let vars = ads.vars();
     let mut opt = AdamW::new(vars.clone(), AdamWConfig::default())?;
     let mut rng = stream(1, Purpose::Bench, &[]);
     let n = opts.batch * opts.seq;
-    let ids: Vec<u32> = (0..n)
-        .map(|_| rng.random_range(0..cfg.vocab_size as u32))
-        .collect();
+    let ids: Vec<u32> = (0..n).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect();
     let ids = Tensor::from_vec(ids, (opts.batch, opts.seq), dev)?;
-    let (mut fwd, mut bwd, mut optim, mut step, mut losses) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut fwd, mut bwd, mut optim, mut step, mut losses) = (vec![], vec![], vec![], vec![], vec![]);
     let mut cpu_start = None;
     for s in 0..=opts.steps {
         if s == 1 {
@@ -239,12 +200,7 @@ pub fn run_bench(opts: &BenchOpts, dev: &Device) -> Result<BenchReport, TrainErr
         dev.synchronize()?;
         let t3 = Instant::now();
         losses.push(loss_val);
-        tracing::info!(
-            step = s,
-            loss = loss_val,
-            seconds = (t3 - t0).as_secs_f64(),
-            "bench step"
-        );
+        tracing::info!(step = s, loss = loss_val, seconds = (t3 - t0).as_secs_f64(), "bench step");
         if s > 0 {
             fwd.push((t1 - t0).as_secs_f64());
             bwd.push((t2 - t1).as_secs_f64());

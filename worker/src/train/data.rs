@@ -18,9 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::trainer::TrainError;
 
 mod source;
-pub use source::{
-    hub_cache_dir, load_rows, read_jsonl, read_parquet, resolve_cached_dataset, resolve_data_dir,
-};
+pub use source::{hub_cache_dir, load_rows, read_jsonl, read_parquet, resolve_cached_dataset, resolve_data_dir};
 
 /// Examples per packing chunk: HF `datasets.map(batched=True)`'s default batch size, inside
 /// which the study concatenates and cuts blocks, dropping each chunk's remainder (ml-spec §1.3).
@@ -87,10 +85,7 @@ fn data_err(msg: impl Into<String>) -> TrainError {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> TrainError {
-    TrainError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    TrainError::Io { path: path.display().to_string(), source }
 }
 
 /// Loads both splits from `data_path`, formats, tokenizes and packs them as the study does.
@@ -112,9 +107,7 @@ pub fn load_packed(
     let split_blocks = |split: Split| -> Result<Vec<Vec<u32>>, TrainError> {
         let rows = load_rows(&dir, split)?;
         let examples = tokenize_rows(&rows, tokenizer, eos_id).map_err(|e| match e {
-            TrainError::Data(m) => {
-                data_err(format!("{} {} split: {m}", dir.display(), split.name()))
-            }
+            TrainError::Data(m) => data_err(format!("{} {} split: {m}", dir.display(), split.name())),
             other => other,
         })?;
         let blocks = pack(&examples, max_length, PACK_CHUNK);
@@ -130,10 +123,7 @@ pub fn load_packed(
     let train = split_blocks(Split::Train)?;
     let eval = split_blocks(Split::Test)?;
     if train.is_empty() {
-        return Err(data_err(format!(
-            "{}: the train split packs into 0 blocks of {max_length} tokens",
-            dir.display()
-        )));
+        return Err(data_err(format!("{}: the train split packs into 0 blocks of {max_length} tokens", dir.display())));
     }
     Ok(PackedData { train, eval })
 }
@@ -158,18 +148,13 @@ pub fn epoch_order(n_blocks: usize, seed: u64, epoch: usize, shuffle: bool) -> V
 /// # Errors
 /// [`TrainError::Model`] when neither file names an EOS token, the token is not in the
 /// tokenizer, or a file does not parse.
-pub fn eos_token_id(
-    model_dir: &Path,
-    tokenizer: &tokenizers::Tokenizer,
-) -> Result<u32, TrainError> {
+pub fn eos_token_id(model_dir: &Path, tokenizer: &tokenizers::Tokenizer) -> Result<u32, TrainError> {
     let tok_cfg = model_dir.join("tokenizer_config.json");
     if tok_cfg.is_file() {
         let value = read_json(&tok_cfg)?;
         let token = match value.get("eos_token") {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Object(o)) => {
-                o.get("content").and_then(|c| c.as_str()).map(str::to_owned)
-            }
+            Some(serde_json::Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).map(str::to_owned),
             _ => None,
         };
         if let Some(token) = token {
@@ -190,9 +175,8 @@ pub fn eos_token_id(
             _ => None,
         };
         if let Some(id) = id {
-            return u32::try_from(id).map_err(|_| {
-                TrainError::Model(format!("{}: eos_token_id {id} out of range", cfg.display()))
-            });
+            return u32::try_from(id)
+                .map_err(|_| TrainError::Model(format!("{}: eos_token_id {id} out of range", cfg.display())));
         }
     }
     Err(TrainError::Model(format!(
@@ -219,9 +203,7 @@ pub fn format_example(messages: &[Message]) -> Result<String, String> {
             "user" => "User",
             "assistant" => "Assistant",
             other => {
-                return Err(format!(
-                    "unknown role {other:?} (expected system, user or assistant)"
-                ));
+                return Err(format!("unknown role {other:?} (expected system, user or assistant)"));
             }
         };
         parts.push(format!("{role}: {}", m.content));
@@ -249,8 +231,7 @@ pub fn tokenize_rows(
     let owned;
     let tokenizer = if tokenizer.get_truncation().is_some() || tokenizer.get_padding().is_some() {
         let mut t = tokenizer.clone();
-        t.with_truncation(None)
-            .map_err(|e| data_err(format!("tokenizer: {e}")))?;
+        t.with_truncation(None).map_err(|e| data_err(format!("tokenizer: {e}")))?;
         t.with_padding(None);
         owned = t;
         &owned
@@ -261,9 +242,7 @@ pub fn tokenize_rows(
     for (i, row) in rows.iter().enumerate() {
         texts.push(format_example(&row.messages).map_err(|m| data_err(format!("row {i}: {m}")))?);
     }
-    let encodings = tokenizer
-        .encode_batch(texts, false)
-        .map_err(|e| data_err(format!("tokenizer: {e}")))?;
+    let encodings = tokenizer.encode_batch(texts, false).map_err(|e| data_err(format!("tokenizer: {e}")))?;
     Ok(encodings
         .into_iter()
         .map(|enc| {
@@ -280,10 +259,7 @@ pub fn tokenize_rows(
 /// # Panics
 /// If `max_length` or `chunk` is 0.
 pub fn pack(examples: &[Vec<u32>], max_length: usize, chunk: usize) -> Vec<Vec<u32>> {
-    assert!(
-        max_length > 0 && chunk > 0,
-        "max_length and chunk must be positive"
-    );
+    assert!(max_length > 0 && chunk > 0, "max_length and chunk must be positive");
     let mut blocks = Vec::new();
     for group in examples.chunks(chunk) {
         let concat: Vec<u32> = group.iter().flatten().copied().collect();
@@ -297,26 +273,16 @@ mod tests {
     use super::*;
 
     fn msg(role: &str, content: &str) -> Message {
-        Message {
-            role: role.into(),
-            content: content.into(),
-        }
+        Message { role: role.into(), content: content.into() }
     }
 
     #[test]
     fn formats_like_the_study() {
-        let text = format_example(&[
-            msg("system", "Be brief."),
-            msg("user", "Hi?"),
-            msg("assistant", "Hello.  \n"),
-        ])
-        .expect("known roles");
+        let text = format_example(&[msg("system", "Be brief."), msg("user", "Hi?"), msg("assistant", "Hello.  \n")])
+            .expect("known roles");
         assert_eq!(text, "System: Be brief.\n\nUser: Hi?\n\nAssistant: Hello.");
         // Python strips U+001F; Rust's trim alone would keep it.
-        assert_eq!(
-            format_example(&[msg("user", "x\u{1f}")]).expect("ok"),
-            "User: x"
-        );
+        assert_eq!(format_example(&[msg("user", "x\u{1f}")]).expect("ok"), "User: x");
         let err = format_example(&[msg("tool", "x")]).expect_err("unknown role");
         assert!(err.contains("\"tool\""), "{err}");
     }
@@ -324,15 +290,9 @@ mod tests {
     #[test]
     fn packs_per_chunk_and_drops_remainders() {
         let ex = vec![vec![1, 2, 3], vec![4, 5], vec![6, 7, 8, 9], vec![10]];
-        assert_eq!(
-            pack(&ex, 2, 1000),
-            vec![vec![1, 2], vec![3, 4], vec![5, 6], vec![7, 8], vec![9, 10]]
-        );
+        assert_eq!(pack(&ex, 2, 1000), vec![vec![1, 2], vec![3, 4], vec![5, 6], vec![7, 8], vec![9, 10]]);
         // chunk 2: [1..5] → [1,2],[3,4] (5 dropped); [6..10] → [6,7],[8,9] (10 dropped)
-        assert_eq!(
-            pack(&ex, 2, 2),
-            vec![vec![1, 2], vec![3, 4], vec![6, 7], vec![8, 9]]
-        );
+        assert_eq!(pack(&ex, 2, 2), vec![vec![1, 2], vec![3, 4], vec![6, 7], vec![8, 9]]);
         assert!(pack(&ex, 11, 1000).is_empty());
     }
 

@@ -7,8 +7,7 @@
 //! `CustomOp1` whose `bwd` returns `g·W` only; W and b get no gradient at all.
 
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor,
-    backend::BackendStorage, op::BackpropOp,
+    CpuStorage, CudaStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor, backend::BackendStorage, op::BackpropOp,
 };
 
 /// The `x·Wᵀ + b` op over a 2-D input `[n, d_in]`, holding the frozen `W` `[d_out, d_in]` and `b`.
@@ -101,11 +100,7 @@ impl CustomOp1 for FrozenMatmul {
         // d(x·Wᵀ + b)/dx = g·W; no dW, no db.
         // contiguous(): cuBLAS rejects some strided layouts; the gradient is usually contiguous
         // already, in which case this is free.
-        Ok(Some(
-            grad_res
-                .contiguous()?
-                .matmul(&self.w.to_dtype(grad_res.dtype())?)?,
-        ))
+        Ok(Some(grad_res.contiguous()?.matmul(&self.w.to_dtype(grad_res.dtype())?)?))
     }
 }
 
@@ -118,12 +113,7 @@ pub struct FrozenLinear {
 impl FrozenLinear {
     /// Wraps frozen weight and bias tensors (already in the base dtype, on the target device).
     pub fn new(w: Tensor, b: Option<Tensor>) -> Self {
-        Self {
-            op: FrozenMatmul {
-                w: w.detach(),
-                b: b.map(|b| b.detach()),
-            },
-        }
+        Self { op: FrozenMatmul { w: w.detach(), b: b.map(|b| b.detach()) } }
     }
 
     /// The weight `[d_out, d_in]`.
@@ -149,9 +139,7 @@ impl FrozenLinear {
     /// `x·Wᵀ + b` for `x` of shape `[..., d_in]`, with a backward that yields only dx.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        let d_in = *dims
-            .last()
-            .ok_or_else(|| candle_core::Error::Msg("frozen-linear: scalar input".into()))?;
+        let d_in = *dims.last().ok_or_else(|| candle_core::Error::Msg("frozen-linear: scalar input".into()))?;
         let n = x.elem_count() / d_in.max(1);
         let mut x2 = x.reshape((n, d_in))?;
         // The op rewraps raw storage, so hand it a fresh contiguous buffer starting at 0.

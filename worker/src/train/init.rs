@@ -30,18 +30,10 @@ pub struct LoraInitValues {
 
 /// The fixed index of a target projection, part of its init/dropout stream key.
 pub fn module_index(name: &str) -> Option<u64> {
-    [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ]
-    .iter()
-    .position(|m| *m == name)
-    .map(|i| i as u64)
+    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        .iter()
+        .position(|m| *m == name)
+        .map(|i| i as u64)
 }
 
 /// The Q factor of `X = Q·R` for a square row-major f64 matrix, by modified Gram–Schmidt on
@@ -63,9 +55,7 @@ pub fn qr_q(x: &[f64], n: usize) -> Result<Vec<f64>, TrainError> {
         }
         let norm = (0..n).map(|i| q[i * n + j].powi(2)).sum::<f64>().sqrt();
         if norm < 1e-12 {
-            return Err(TrainError::Invalid(
-                "QR of a singular Gaussian matrix".into(),
-            ));
+            return Err(TrainError::Invalid("QR of a singular Gaussian matrix".into()));
         }
         for i in 0..n {
             q[i * n + j] /= norm;
@@ -109,29 +99,19 @@ pub fn init_lora(
         LoraInit::Standard => {
             let bound = 1.0 / (d_in as f64).sqrt();
             let a = (0..r * d_in).map(|_| g.uniform(-bound, bound)).collect();
-            Ok(LoraInitValues {
-                a: to_f32(a),
-                b: vec![0.0; d_out * r],
-            })
+            Ok(LoraInitValues { a: to_f32(a), b: vec![0.0; d_out * r] })
         }
         LoraInit::Reversed => {
             let bound = 1.0 / (r as f64).sqrt();
             let b = (0..d_out * r).map(|_| g.uniform(-bound, bound)).collect();
-            Ok(LoraInitValues {
-                a: vec![0.0; r * d_in],
-                b: to_f32(b),
-            })
+            Ok(LoraInitValues { a: vec![0.0; r * d_in], b: to_f32(b) })
         }
         LoraInit::OrthoEye | LoraInit::OrthoQrConst | LoraInit::OrthoQrMatch => {
             if !r.is_multiple_of(2) {
-                return Err(TrainError::Invalid(format!(
-                    "init {init} needs an even rank, got r={r}"
-                )));
+                return Err(TrainError::Invalid(format!("init {init} needs an even rank, got r={r}")));
             }
             let q = if init == LoraInit::OrthoEye {
-                (0..r * r)
-                    .map(|k| if k / r == k % r { 1.0 } else { 0.0 })
-                    .collect()
+                (0..r * r).map(|k| if k / r == k % r { 1.0 } else { 0.0 }).collect()
             } else {
                 let x: Vec<f64> = (0..r * r).map(|_| g.sample()).collect();
                 qr_q(&x, r)?
@@ -148,26 +128,17 @@ pub fn init_lora(
             let mut a = vec![0.0; r * d_in];
             for i in 0..r {
                 for j in 0..d_in {
-                    a[i * d_in + j] = s_a
-                        * (0..h)
-                            .map(|k| ga[j * h + k] * q[(2 * k) * r + i])
-                            .sum::<f64>();
+                    a[i * d_in + j] = s_a * (0..h).map(|k| ga[j * h + k] * q[(2 * k) * r + i]).sum::<f64>();
                 }
             }
             // B[o, i] = s_B Σ_k G_B[k, o] Q[2k+1, i]
             let mut b = vec![0.0; d_out * r];
             for o in 0..d_out {
                 for i in 0..r {
-                    b[o * r + i] = s_b
-                        * (0..h)
-                            .map(|k| gb[k * d_out + o] * q[(2 * k + 1) * r + i])
-                            .sum::<f64>();
+                    b[o * r + i] = s_b * (0..h).map(|k| gb[k * d_out + o] * q[(2 * k + 1) * r + i]).sum::<f64>();
                 }
             }
-            Ok(LoraInitValues {
-                a: to_f32(a),
-                b: to_f32(b),
-            })
+            Ok(LoraInitValues { a: to_f32(a), b: to_f32(b) })
         }
     }
 }
@@ -193,16 +164,9 @@ mod tests {
     /// Numerical rank of the rows of a row-major `[rows, cols]` matrix (Gram–Schmidt, rel. tol 1e-6).
     fn rank(m: &[f32], rows: usize, cols: usize) -> usize {
         let mut basis: Vec<Vec<f64>> = Vec::new();
-        let scale = m
-            .iter()
-            .fold(0f64, |s, &x| s.max((x as f64).abs()))
-            .max(1e-30)
-            * (cols as f64).sqrt();
+        let scale = m.iter().fold(0f64, |s, &x| s.max((x as f64).abs())).max(1e-30) * (cols as f64).sqrt();
         for i in 0..rows {
-            let mut v: Vec<f64> = m[i * cols..(i + 1) * cols]
-                .iter()
-                .map(|&x| x as f64)
-                .collect();
+            let mut v: Vec<f64> = m[i * cols..(i + 1) * cols].iter().map(|&x| x as f64).collect();
             for b in &basis {
                 let d: f64 = v.iter().zip(b).map(|(x, y)| x * y).sum();
                 v.iter_mut().zip(b).for_each(|(x, y)| *x -= d * y);
@@ -220,9 +184,7 @@ mod tests {
         let mut worst: f64 = 0.0;
         for o in 0..d_out {
             for j in 0..d_in {
-                let s: f64 = (0..r)
-                    .map(|i| v.b[o * r + i] as f64 * v.a[i * d_in + j] as f64)
-                    .sum();
+                let s: f64 = (0..r).map(|i| v.b[o * r + i] as f64 * v.a[i * d_in + j] as f64).sum();
                 worst = worst.max(s.abs());
             }
         }
@@ -235,10 +197,7 @@ mod tests {
         let bound = 1.0 / (D_IN as f64).sqrt();
         assert!(max_abs(&s.a) <= bound && max_abs(&s.a) > 0.99 * bound);
         let rel = var(&s.a) / (1.0 / (3.0 * D_IN as f64));
-        eprintln!(
-            "standard: max |A| {:.5} (bound {bound:.5}), Var(A) / (1/(3 d_in)) = {rel:.4}",
-            max_abs(&s.a)
-        );
+        eprintln!("standard: max |A| {:.5} (bound {bound:.5}), Var(A) / (1/(3 d_in)) = {rel:.4}", max_abs(&s.a));
         assert!((rel - 1.0).abs() < 0.05, "Var(A) ratio {rel}");
         assert!(s.b.iter().all(|&x| x == 0.0));
 
@@ -246,10 +205,7 @@ mod tests {
         let bound = 1.0 / (R as f64).sqrt();
         assert!(max_abs(&rv.b) <= bound && max_abs(&rv.b) > 0.99 * bound);
         let rel = var(&rv.b) / (1.0 / (3.0 * R as f64));
-        eprintln!(
-            "reversed: max |B| {:.5} (bound {bound:.5}), Var(B) / (1/(3 r)) = {rel:.4}",
-            max_abs(&rv.b)
-        );
+        eprintln!("reversed: max |B| {:.5} (bound {bound:.5}), Var(B) / (1/(3 r)) = {rel:.4}", max_abs(&rv.b));
         assert!((rel - 1.0).abs() < 0.05, "Var(B) ratio {rel}");
         assert!(rv.a.iter().all(|&x| x == 0.0));
         Ok(())
@@ -258,17 +214,9 @@ mod tests {
     #[test]
     fn orthogonal_inits_have_zero_product_half_rank_and_spec_variances() -> anyhow::Result<()> {
         for (init, var_a, var_b) in [
-            (
-                LoraInit::OrthoQrMatch,
-                1.0 / (2.0 * D_IN as f64),
-                1.0 / (2.0 * R as f64),
-            ),
+            (LoraInit::OrthoQrMatch, 1.0 / (2.0 * D_IN as f64), 1.0 / (2.0 * R as f64)),
             (LoraInit::OrthoQrConst, 0.01 / 2.0, 0.01 / 2.0),
-            (
-                LoraInit::OrthoEye,
-                1.0 / (2.0 * D_IN as f64),
-                1.0 / (2.0 * R as f64),
-            ),
+            (LoraInit::OrthoEye, 1.0 / (2.0 * D_IN as f64), 1.0 / (2.0 * R as f64)),
         ] {
             let v = init_lora(init, R, D_IN, D_OUT, 7, 3, 1)?;
             let ra = var(&v.a) / var_a;
@@ -286,19 +234,13 @@ mod tests {
             assert!(ba < 1e-6, "{init}: |BA| relative {ba}");
             assert_eq!(rank(&v.a, R, D_IN), R / 2, "{init}: rank A");
             // rank of B = rank of its transpose's rows.
-            let bt: Vec<f32> = (0..R)
-                .flat_map(|i| (0..D_OUT).map(move |o| (i, o)))
-                .map(|(i, o)| v.b[o * R + i])
-                .collect();
+            let bt: Vec<f32> =
+                (0..R).flat_map(|i| (0..D_OUT).map(move |o| (i, o))).map(|(i, o)| v.b[o * R + i]).collect();
             assert_eq!(rank(&bt, R, D_OUT), R / 2, "{init}: rank B");
         }
         // Eye: odd rows of A and even columns of B are exactly zero.
         let e = init_lora(LoraInit::OrthoEye, R, 64, 32, 1, 0, 0)?;
-        assert!(
-            (0..R)
-                .filter(|i| i % 2 == 1)
-                .all(|i| e.a[i * 64..(i + 1) * 64].iter().all(|&x| x == 0.0))
-        );
+        assert!((0..R).filter(|i| i % 2 == 1).all(|i| e.a[i * 64..(i + 1) * 64].iter().all(|&x| x == 0.0)));
         assert!((0..32).all(|o| (0..R).filter(|i| i % 2 == 0).all(|i| e.b[o * R + i] == 0.0)));
         Ok(())
     }
@@ -332,16 +274,9 @@ mod tests {
 
     #[test]
     fn odd_rank_orthogonal_is_refused() {
-        for init in [
-            LoraInit::OrthoEye,
-            LoraInit::OrthoQrConst,
-            LoraInit::OrthoQrMatch,
-        ] {
+        for init in [LoraInit::OrthoEye, LoraInit::OrthoQrConst, LoraInit::OrthoQrMatch] {
             let err = init_lora(init, 7, 16, 16, 0, 0, 0).unwrap_err();
-            assert!(
-                matches!(err, TrainError::Invalid(_)) && err.to_string().contains("r=7"),
-                "{err}"
-            );
+            assert!(matches!(err, TrainError::Invalid(_)) && err.to_string().contains("r=7"), "{err}");
         }
         assert!(init_lora(LoraInit::Standard, 7, 16, 16, 0, 0, 0).is_ok());
     }

@@ -12,10 +12,10 @@ use candle_core::{DType, Device};
 use lorasweep_common::JobSpec;
 
 use super::adapter;
+use super::checkpoint::Checkpoint;
 use super::data::{PackedData, eos_token_id, load_packed};
 use super::lora::Adapters;
 use super::model::{Qwen2Model, resolve_model_dir};
-use super::checkpoint::Checkpoint;
 use super::run::train_loop_from;
 use crate::trainer::{Progress, TrainError, TrainOutcome, Trainer};
 
@@ -25,20 +25,15 @@ use crate::trainer::{Progress, TrainError, TrainOutcome, Trainer};
 /// [`TrainError::Invalid`] for another name, or CUDA without the worker's `cuda` feature.
 pub fn parse_device(name: &str) -> Result<Device, TrainError> {
     let cuda = |n: usize| {
-        Device::new_cuda(n).map_err(|e| {
-            TrainError::Invalid(format!(
-                "device {name:?}: {e} (built without the `cuda` feature?)"
-            ))
-        })
+        Device::new_cuda(n)
+            .map_err(|e| TrainError::Invalid(format!("device {name:?}: {e} (built without the `cuda` feature?)")))
     };
     match name {
         "cpu" => Ok(Device::Cpu),
         "cuda" => cuda(0),
         _ => match name.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
             Some(n) => cuda(n),
-            None => Err(TrainError::Invalid(format!(
-                "unknown device {name:?}; use cpu, cuda or cuda:N"
-            ))),
+            None => Err(TrainError::Invalid(format!("unknown device {name:?}; use cpu, cuda or cuda:N"))),
         },
     }
 }
@@ -52,9 +47,7 @@ pub fn parse_dtype(name: &str) -> Result<DType, TrainError> {
         "f32" | "float32" => Ok(DType::F32),
         "bf16" | "bfloat16" => Ok(DType::BF16),
         "f16" | "float16" => Ok(DType::F16),
-        other => Err(TrainError::Invalid(format!(
-            "unknown dtype {other:?}; use f32 or bf16"
-        ))),
+        other => Err(TrainError::Invalid(format!("unknown dtype {other:?}; use f32 or bf16"))),
     }
 }
 
@@ -95,20 +88,13 @@ impl CandleTrainer {
     /// # Errors
     /// [`TrainError::Invalid`] for an unknown or unavailable device.
     pub fn new(device: &str) -> Result<Self, TrainError> {
-        Ok(Self {
-            device: parse_device(device)?,
-            base: None,
-            data: None,
-        })
+        Ok(Self { device: parse_device(device)?, base: None, data: None })
     }
 
     /// Loads (or reuses) the base model for `job`.
     fn base(&mut self, job: &JobSpec) -> Result<&Resident, TrainError> {
         let dtype = parse_dtype(&job.model.dtype)?;
-        let reuse = self
-            .base
-            .as_ref()
-            .is_some_and(|b| b.path == job.model.path && b.dtype == dtype);
+        let reuse = self.base.as_ref().is_some_and(|b| b.path == job.model.path && b.dtype == dtype);
         if !reuse {
             self.base = None; // free the old weights before loading new ones
             let dir = resolve_model_dir(&job.model.path)?;
@@ -122,18 +108,9 @@ impl CandleTrainer {
             let t0 = std::time::Instant::now();
             let model = Qwen2Model::load(&dir, dtype, &self.device)?;
             tracing::info!(path = %dir.display(), ?dtype, eos, seconds = t0.elapsed().as_secs_f64(), "base model loaded");
-            self.base = Some(Resident {
-                path: job.model.path.clone(),
-                dtype,
-                dir,
-                model,
-                tokenizer,
-                eos,
-            });
+            self.base = Some(Resident { path: job.model.path.clone(), dtype, dir, model, tokenizer, eos });
         }
-        self.base
-            .as_ref()
-            .ok_or_else(|| TrainError::Model("base model not loaded".into()))
+        self.base.as_ref().ok_or_else(|| TrainError::Model("base model not loaded".into()))
     }
 
     /// Runs one job: (re)uses the resident base and data, fresh adapters, the study's loop.
@@ -148,24 +125,12 @@ impl CandleTrainer {
         progress: &mut dyn Progress,
     ) -> Result<TrainOutcome, TrainError> {
         self.base(job)?;
-        let base = self
-            .base
-            .as_ref()
-            .ok_or_else(|| TrainError::Model("base model not loaded".into()))?;
-        let key = (
-            job.data.path.clone(),
-            job.data.max_length,
-            job.model.path.clone(),
-        );
+        let base = self.base.as_ref().ok_or_else(|| TrainError::Model("base model not loaded".into()))?;
+        let key = (job.data.path.clone(), job.data.max_length, job.model.path.clone());
         let data = match &self.data {
             Some((k, d)) if *k == key => d.clone(),
             _ => {
-                let d = Arc::new(load_packed(
-                    &job.data.path,
-                    &base.tokenizer,
-                    base.eos,
-                    job.data.max_length,
-                )?);
+                let d = Arc::new(load_packed(&job.data.path, &base.tokenizer, base.eos, job.data.max_length)?);
                 self.data = Some((key, d.clone()));
                 d
             }
@@ -212,10 +177,8 @@ fn pick_checkpoint(job: &JobSpec, ads: &Adapters, progress: &mut dyn Progress) -
         let ck = Checkpoint::from_bytes(&bytes).and_then(|ck| ck.check(job, ads).map(|()| ck));
         match ck {
             Ok(ck) if ck.state.opt_step == step => return Some(ck),
-            Ok(ck) => progress.warning(format!(
-                "checkpoint for step {step} holds step {}; not resuming from it",
-                ck.state.opt_step
-            )),
+            Ok(ck) => progress
+                .warning(format!("checkpoint for step {step} holds step {}; not resuming from it", ck.state.opt_step)),
             Err(e) => progress.warning(format!("checkpoint at step {step} not usable ({e}); trying an older one")),
         }
     }
@@ -223,11 +186,7 @@ fn pick_checkpoint(job: &JobSpec, ads: &Adapters, progress: &mut dyn Progress) -
 }
 
 impl Trainer for CandleTrainer {
-    fn train(
-        &mut self,
-        job: &JobSpec,
-        progress: &mut dyn Progress,
-    ) -> Result<TrainOutcome, TrainError> {
+    fn train(&mut self, job: &JobSpec, progress: &mut dyn Progress) -> Result<TrainOutcome, TrainError> {
         self.run_job(job, None, None, progress)
     }
 }
@@ -236,20 +195,7 @@ impl Trainer for CandleTrainer {
 ///
 /// # Errors
 /// As [`CandleTrainer::run_job`], plus an invalid device.
-pub fn train_local(
-    job: &JobSpec,
-    opts: &LocalOpts,
-    progress: &mut dyn Progress,
-) -> Result<TrainOutcome, TrainError> {
-    let mut trainer = CandleTrainer::new(if opts.device.is_empty() {
-        "cpu"
-    } else {
-        &opts.device
-    })?;
-    trainer.run_job(
-        job,
-        opts.init_from_adapter.as_deref(),
-        opts.save_adapter.as_deref(),
-        progress,
-    )
+pub fn train_local(job: &JobSpec, opts: &LocalOpts, progress: &mut dyn Progress) -> Result<TrainOutcome, TrainError> {
+    let mut trainer = CandleTrainer::new(if opts.device.is_empty() { "cpu" } else { &opts.device })?;
+    trainer.run_job(job, opts.init_from_adapter.as_deref(), opts.save_adapter.as_deref(), progress)
 }

@@ -17,23 +17,11 @@ use super::rng::{Purpose, dropout_mask, stream};
 use crate::trainer::TrainError;
 
 /// The projections that may carry an adapter, in [`module_index`] order.
-pub const TARGETS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+pub const TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
 /// The PEFT tensor-name prefix of a projection: `base_model.model.model.layers.{L}.{self_attn|mlp}.{m}`.
 pub fn peft_prefix(layer: usize, module: &str) -> String {
-    let block = if matches!(module, "gate_proj" | "up_proj" | "down_proj") {
-        "mlp"
-    } else {
-        "self_attn"
-    };
+    let block = if matches!(module, "gate_proj" | "up_proj" | "down_proj") { "mlp" } else { "self_attn" };
     format!("base_model.model.model.layers.{layer}.{block}.{module}")
 }
 
@@ -99,12 +87,7 @@ impl Adapters {
                 let v = init_lora(init, spec.r, d_in, d_out, seed, layer, idx)?;
                 let a = Var::from_vec(v.a, (spec.r, d_in), dev)?;
                 let b = Var::from_vec(v.b, (d_out, spec.r), dev)?;
-                list.push(Adapter {
-                    layer,
-                    module: name,
-                    a,
-                    b,
-                });
+                list.push(Adapter { layer, module: name, a, b });
             }
         }
         Self::from_list(spec, n_layers, list)
@@ -114,64 +97,38 @@ impl Adapters {
     ///
     /// # Errors
     /// [`TrainError::Invalid`] if an adapter's layer is out of range or a pair is duplicated.
-    pub fn from_list(
-        spec: &LoraSpec,
-        n_layers: usize,
-        list: Vec<Adapter>,
-    ) -> std::result::Result<Self, TrainError> {
+    pub fn from_list(spec: &LoraSpec, n_layers: usize, list: Vec<Adapter>) -> std::result::Result<Self, TrainError> {
         let mut index = vec![[None; 7]; n_layers];
         for (i, ad) in list.iter().enumerate() {
             let (_, m) = target(ad.module)?;
-            let slot = index.get_mut(ad.layer).ok_or_else(|| {
-                TrainError::Invalid(format!("adapter layer {} out of range", ad.layer))
-            })?;
+            let slot = index
+                .get_mut(ad.layer)
+                .ok_or_else(|| TrainError::Invalid(format!("adapter layer {} out of range", ad.layer)))?;
             if slot[m as usize].replace(i).is_some() {
-                return Err(TrainError::Invalid(format!(
-                    "duplicate adapter {}",
-                    peft_prefix(ad.layer, ad.module)
-                )));
+                return Err(TrainError::Invalid(format!("duplicate adapter {}", peft_prefix(ad.layer, ad.module))));
             }
         }
-        Ok(Self {
-            r: spec.r,
-            alpha: spec.alpha,
-            dropout: spec.dropout,
-            list,
-            index,
-            track_grads: true,
-        })
+        Ok(Self { r: spec.r, alpha: spec.alpha, dropout: spec.dropout, list, index, track_grads: true })
     }
 
     /// A view sharing the same A/B storage whose forward records no gradient graph (for eval).
     pub fn for_eval(&self) -> Self {
-        Self {
-            track_grads: false,
-            ..self.clone()
-        }
+        Self { track_grads: false, ..self.clone() }
     }
 
     /// The adapter on `(layer, module)`, if any.
     pub fn get(&self, layer: usize, module: usize) -> Option<&Adapter> {
-        self.index
-            .get(layer)
-            .and_then(|s| s[module])
-            .map(|i| &self.list[i])
+        self.index.get(layer).and_then(|s| s[module]).map(|i| &self.list[i])
     }
 
     /// All trainable Vars, A then B per adapter, in a fixed order (the optimizer's order).
     pub fn vars(&self) -> Vec<Var> {
-        self.list
-            .iter()
-            .flat_map(|a| [a.a.clone(), a.b.clone()])
-            .collect()
+        self.list.iter().flat_map(|a| [a.a.clone(), a.b.clone()]).collect()
     }
 
     /// Number of trainable parameters.
     pub fn num_params(&self) -> usize {
-        self.list
-            .iter()
-            .map(|a| a.a.elem_count() + a.b.elem_count())
-            .sum()
+        self.list.iter().map(|a| a.a.elem_count() + a.b.elem_count()).sum()
     }
 
     /// `base(x) + (alpha/r)·B(A(dropout(x)))` on a frozen projection.
@@ -194,9 +151,7 @@ impl Adapters {
         let work = ad.a.dtype();
         let xw = cast(x, work)?;
         let x_in = match dropout {
-            Some(key) if self.dropout > 0.0 => {
-                xw.mul(&self.dropout_mask(x, work, key, layer, module)?)?
-            }
+            Some(key) if self.dropout > 0.0 => xw.mul(&self.dropout_mask(x, work, key, layer, module)?)?,
             _ => xw,
         };
         let d_in = x.dim(candle_core::D::Minus1)?;
@@ -219,20 +174,9 @@ impl Adapters {
     /// GPU, drawing ~10⁸ numbers per micro-batch on the host would starve the device, so the
     /// mask comes from the device RNG, which [`super::run::train_loop`] seeds from the job seed:
     /// reproducible on the same device, but not the same masks as on CPU.
-    fn dropout_mask(
-        &self,
-        x: &Tensor,
-        dtype: DType,
-        key: DropoutKey,
-        layer: usize,
-        module: usize,
-    ) -> Result<Tensor> {
+    fn dropout_mask(&self, x: &Tensor, dtype: DType, key: DropoutKey, layer: usize, module: usize) -> Result<Tensor> {
         if x.device().is_cpu() {
-            let mut rng = stream(
-                key.seed,
-                Purpose::Dropout,
-                &[key.micro_step, layer as u64, module as u64],
-            );
+            let mut rng = stream(key.seed, Purpose::Dropout, &[key.micro_step, layer as u64, module as u64]);
             let mask = dropout_mask(&mut rng, x.elem_count(), self.dropout);
             Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(dtype)
         } else {
@@ -244,21 +188,13 @@ impl Adapters {
 
 /// `to_dtype` only when needed (keeps the f32 graph short).
 fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
-    if t.dtype() == dtype {
-        Ok(t.clone())
-    } else {
-        t.to_dtype(dtype)
-    }
+    if t.dtype() == dtype { Ok(t.clone()) } else { t.to_dtype(dtype) }
 }
 
 /// Validates a target name and returns its canonical `&'static str` and index.
 fn target(name: &str) -> std::result::Result<(&'static str, u64), TrainError> {
-    let idx = module_index(name).ok_or_else(|| {
-        TrainError::Invalid(format!(
-            "unknown LoRA target {name:?}; allowed: {}",
-            TARGETS.join(", ")
-        ))
-    })?;
+    let idx = module_index(name)
+        .ok_or_else(|| TrainError::Invalid(format!("unknown LoRA target {name:?}; allowed: {}", TARGETS.join(", "))))?;
     Ok((TARGETS[idx as usize], idx))
 }
 
@@ -268,12 +204,7 @@ mod tests {
     use crate::train::ops::tests::rand_f64;
 
     fn spec(targets: &[&str], dropout: f64) -> LoraSpec {
-        LoraSpec {
-            r: 4,
-            alpha: 8.0,
-            dropout,
-            targets: targets.iter().map(|s| s.to_string()).collect(),
-        }
+        LoraSpec { r: 4, alpha: 8.0, dropout, targets: targets.iter().map(|s| s.to_string()).collect() }
     }
 
     #[test]
@@ -281,30 +212,18 @@ mod tests {
         let dev = Device::Cpu;
         let w = rand_f64(&[6, 5], 1).to_dtype(DType::F32)?;
         let base = FrozenLinear::new(w.clone(), None);
-        let ads = Adapters::init(
-            &spec(&["q_proj"], 0.0),
-            LoraInit::OrthoQrConst,
-            3,
-            1,
-            &|_| (5, 6),
-            &dev,
-        )?;
+        let ads = Adapters::init(&spec(&["q_proj"], 0.0), LoraInit::OrthoQrConst, 3, 1, &|_| (5, 6), &dev)?;
         let x = rand_f64(&[2, 3, 5], 2).to_dtype(DType::F32)?;
         let y = ads.apply(&base, &x, 0, 0, None)?;
         let ad = ads.get(0, 0).expect("q_proj adapter");
-        let want = x.broadcast_matmul(&w.t()?)?.add(
-            &(x.broadcast_matmul(&ad.a.t()?)?
-                .broadcast_matmul(&ad.b.t()?)?
-                * 2.0)?,
-        )?;
+        let want = x
+            .broadcast_matmul(&w.t()?)?
+            .add(&(x.broadcast_matmul(&ad.a.t()?)?.broadcast_matmul(&ad.b.t()?)? * 2.0)?)?;
         let diff = (y - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-6, "{diff}");
         // No adapter on k_proj: the base output passes through unchanged.
         let yk = ads.apply(&base, &x, 0, 1, None)?;
-        let diff = (yk - x.broadcast_matmul(&w.t()?)?)?
-            .abs()?
-            .max_all()?
-            .to_scalar::<f32>()?;
+        let diff = (yk - x.broadcast_matmul(&w.t()?)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-6);
         Ok(())
     }
@@ -313,41 +232,14 @@ mod tests {
     fn dropout_is_seeded_per_micro_step_and_off_in_eval() -> anyhow::Result<()> {
         let dev = Device::Cpu;
         let base = FrozenLinear::new(Tensor::zeros((6, 5), DType::F32, &dev)?, None);
-        let ads = Adapters::init(
-            &spec(&["v_proj"], 0.5),
-            LoraInit::OrthoQrMatch,
-            3,
-            1,
-            &|_| (5, 6),
-            &dev,
-        )?;
+        let ads = Adapters::init(&spec(&["v_proj"], 0.5), LoraInit::OrthoQrMatch, 3, 1, &|_| (5, 6), &dev)?;
         let x = rand_f64(&[4, 5], 2).to_dtype(DType::F32)?;
-        let k = |s| {
-            Some(DropoutKey {
-                seed: 9,
-                micro_step: s,
-            })
-        };
-        let a = ads
-            .apply(&base, &x, 0, 2, k(0))?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let a2 = ads
-            .apply(&base, &x, 0, 2, k(0))?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let b = ads
-            .apply(&base, &x, 0, 2, k(1))?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let e = ads
-            .apply(&base, &x, 0, 2, None)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let e2 = ads
-            .apply(&base, &x, 0, 2, None)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let k = |s| Some(DropoutKey { seed: 9, micro_step: s });
+        let a = ads.apply(&base, &x, 0, 2, k(0))?.flatten_all()?.to_vec1::<f32>()?;
+        let a2 = ads.apply(&base, &x, 0, 2, k(0))?.flatten_all()?.to_vec1::<f32>()?;
+        let b = ads.apply(&base, &x, 0, 2, k(1))?.flatten_all()?.to_vec1::<f32>()?;
+        let e = ads.apply(&base, &x, 0, 2, None)?.flatten_all()?.to_vec1::<f32>()?;
+        let e2 = ads.apply(&base, &x, 0, 2, None)?.flatten_all()?.to_vec1::<f32>()?;
         assert_eq!(a, a2);
         assert_ne!(a, b);
         assert_ne!(a, e);
@@ -357,23 +249,10 @@ mod tests {
 
     #[test]
     fn unknown_target_and_peft_names() {
-        let err = Adapters::init(
-            &spec(&["qkv"], 0.0),
-            LoraInit::Standard,
-            0,
-            1,
-            &|_| (4, 4),
-            &Device::Cpu,
-        )
-        .unwrap_err();
+        let err =
+            Adapters::init(&spec(&["qkv"], 0.0), LoraInit::Standard, 0, 1, &|_| (4, 4), &Device::Cpu).unwrap_err();
         assert!(err.to_string().contains("qkv"));
-        assert_eq!(
-            peft_prefix(3, "k_proj"),
-            "base_model.model.model.layers.3.self_attn.k_proj"
-        );
-        assert_eq!(
-            peft_prefix(0, "up_proj"),
-            "base_model.model.model.layers.0.mlp.up_proj"
-        );
+        assert_eq!(peft_prefix(3, "k_proj"), "base_model.model.model.layers.3.self_attn.k_proj");
+        assert_eq!(peft_prefix(0, "up_proj"), "base_model.model.model.layers.0.mlp.up_proj");
     }
 }

@@ -29,8 +29,8 @@ pub mod lora;
 pub mod model;
 #[cfg(test)]
 mod model_tests;
-pub mod optim;
 pub mod ops;
+pub mod optim;
 pub mod rng;
 pub mod run;
 pub mod schedule;

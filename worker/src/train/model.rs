@@ -67,11 +67,7 @@ impl Qwen2Config {
 
     /// `(d_in, d_out)` of a projection.
     pub fn proj_dims(&self, module: &str) -> (usize, usize) {
-        let (h, kv, i) = (
-            self.hidden_size,
-            self.num_key_value_heads * self.head_dim(),
-            self.intermediate_size,
-        );
+        let (h, kv, i) = (self.hidden_size, self.num_key_value_heads * self.head_dim(), self.intermediate_size);
         match module {
             "k_proj" | "v_proj" => (h, kv),
             "gate_proj" | "up_proj" => (h, i),
@@ -129,11 +125,7 @@ impl Qwen2Model {
                 let (d_in, d_out) = cfg.proj_dims(name);
                 let p = l.pp(block).pp(name);
                 let w = p.get((d_out, d_in), "weight")?;
-                let b = if bias {
-                    Some(p.get(d_out, "bias")?)
-                } else {
-                    None
-                };
+                let b = if bias { Some(p.get(d_out, "bias")?) } else { None };
                 Ok(FrozenLinear::new(w, b))
             };
             layers.push(Layer {
@@ -152,11 +144,7 @@ impl Qwen2Model {
         }
         let norm = m.get(h, "norm.weight")?;
         // Tied unless the checkpoint carries its own head (what HF and candle-transformers do).
-        let head = if vb.contains_tensor("lm_head.weight") {
-            vb.get((v, h), "lm_head.weight")?
-        } else {
-            embed.clone()
-        };
+        let head = if vb.contains_tensor("lm_head.weight") { vb.get((v, h), "lm_head.weight")? } else { embed.clone() };
         Ok(Self {
             cfg: cfg.clone(),
             embed,
@@ -185,12 +173,7 @@ impl Qwen2Model {
     }
 
     /// Builds a model from in-memory tensors (tests and benchmarks).
-    pub fn from_tensors(
-        cfg: &Qwen2Config,
-        ts: HashMap<String, Tensor>,
-        dtype: DType,
-        dev: &Device,
-    ) -> Result<Self> {
+    pub fn from_tensors(cfg: &Qwen2Config, ts: HashMap<String, Tensor>, dtype: DType, dev: &Device) -> Result<Self> {
         Self::new(cfg, VarBuilder::from_tensors(ts, dtype, dev))
     }
 
@@ -211,39 +194,19 @@ impl Qwen2Model {
         if let Some(p) = guard.as_ref().filter(|p| p.t == t) {
             return Ok((p.cos.clone(), p.sin.clone(), p.mask.clone()));
         }
-        let rope = ops::RopeTables::new(
-            t,
-            self.cfg.head_dim(),
-            self.cfg.rope_theta,
-            self.dtype,
-            &self.device,
-        )?;
+        let rope = ops::RopeTables::new(t, self.cfg.head_dim(), self.cfg.rope_theta, self.dtype, &self.device)?;
         let mask = ops::causal_mask(t, DType::F32, &self.device)?;
-        let p = Positional {
-            t,
-            cos: rope.cos,
-            sin: rope.sin,
-            mask,
-        };
+        let p = Positional { t, cos: rope.cos, sin: rope.sin, mask };
         let out = (p.cos.clone(), p.sin.clone(), p.mask.clone());
         *guard = Some(p);
         Ok(out)
     }
 
     /// Final hidden states `[b, t, hidden]` (after the final norm) for `ids` `[b, t]` u32.
-    pub fn hidden(
-        &self,
-        ids: &Tensor,
-        ads: Option<&Adapters>,
-        dropout: Option<DropoutKey>,
-    ) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, ads: Option<&Adapters>, dropout: Option<DropoutKey>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
-        let (nh, nkv, hd) = (
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim(),
-        );
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
         let (cos, sin, mask) = self.positional(t)?;
         let proj = |layer: usize, m: usize, l: &Layer, x: &Tensor| -> Result<Tensor> {
             match ads {
@@ -251,14 +214,10 @@ impl Qwen2Model {
                 None => l.proj[m].forward(x),
             }
         };
-        let mut x =
-            self.embed
-                .index_select(&ids.flatten_all()?, 0)?
-                .reshape((b, t, cfg.hidden_size))?;
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?;
         for (li, l) in self.layers.iter().enumerate() {
             let hs = ops::rms_norm(&x, &l.ln1, cfg.rms_norm_eps)?;
-            let heads =
-                |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
+            let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
             let q = heads(proj(li, 0, l, &hs)?, nh)?;
             let k = heads(proj(li, 1, l, &hs)?, nkv)?;
             let v = heads(proj(li, 2, l, &hs)?, nkv)?;
@@ -268,10 +227,7 @@ impl Qwen2Model {
             let v = candle_transformers::utils::repeat_kv(v, nh / nkv)?.contiguous()?;
             let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
             let probs = ops::causal_softmax(&scores, &mask)?;
-            let attn = probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b, t, nh * hd))?;
+            let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
             x = (x + proj(li, 3, l, &attn)?)?;
             let hs = ops::rms_norm(&x, &l.ln2, cfg.rms_norm_eps)?;
             let gate = proj(li, 4, l, &hs)?.silu()?;
@@ -282,30 +238,18 @@ impl Qwen2Model {
     }
 
     /// Logits `[b, t, vocab]` in the base dtype at every position.
-    pub fn logits(
-        &self,
-        ids: &Tensor,
-        ads: Option<&Adapters>,
-        dropout: Option<DropoutKey>,
-    ) -> Result<Tensor> {
+    pub fn logits(&self, ids: &Tensor, ads: Option<&Adapters>, dropout: Option<DropoutKey>) -> Result<Tensor> {
         self.lm_head.forward(&self.hidden(ids, ads, dropout)?)
     }
 
     /// Mean causal-LM cross-entropy over the shifted tokens of `ids` `[b, t]` (HF
     /// `ForCausalLMLoss` with `labels = input_ids`): the scalar f32 loss and the token count.
-    pub fn loss(
-        &self,
-        ids: &Tensor,
-        ads: Option<&Adapters>,
-        dropout: Option<DropoutKey>,
-    ) -> Result<(Tensor, usize)> {
+    pub fn loss(&self, ids: &Tensor, ads: Option<&Adapters>, dropout: Option<DropoutKey>) -> Result<(Tensor, usize)> {
         let (b, t) = ids.dims2()?;
         let hidden = self.hidden(ids, ads, dropout)?.narrow(1, 0, t - 1)?;
         let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
         let n = b * (t - 1);
-        let logits = self
-            .lm_head
-            .forward(&hidden.reshape((n, self.cfg.hidden_size))?)?;
+        let logits = self.lm_head.forward(&hidden.reshape((n, self.cfg.hidden_size))?)?;
         Ok(((ops::cross_entropy_sum(&logits, &targets)? / n as f64)?, n))
     }
 }
@@ -318,14 +262,11 @@ pub fn read_config(dir: &Path) -> std::result::Result<Qwen2Config, TrainError> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| TrainError::Model(format!("missing or unreadable {}: {e}", path.display())))?;
-    let mut json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))?;
+    let mut json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))?;
     // transformers ≥ 5 writes `rope_parameters: {rope_theta, rope_type}` instead of `rope_theta`.
     if json.get("rope_theta").is_none() {
-        let theta = json
-            .get("rope_parameters")
-            .and_then(|r| r.get("rope_theta"))
-            .cloned();
+        let theta = json.get("rope_parameters").and_then(|r| r.get("rope_theta")).cloned();
         if let (Some(theta), Some(obj)) = (theta, json.as_object_mut()) {
             obj.insert("rope_theta".into(), theta);
         }
@@ -350,24 +291,17 @@ pub fn weight_files(dir: &Path) -> std::result::Result<Vec<PathBuf>, TrainError>
             dir.display()
         ))
     })?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Model(format!("{}: {e}", index.display())))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| TrainError::Model(format!("{}: {e}", index.display())))?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| TrainError::Model(format!("{}: no weight_map", index.display())))?;
-    let mut files: Vec<PathBuf> = map
-        .values()
-        .filter_map(|v| v.as_str())
-        .map(|f| dir.join(f))
-        .collect();
+    let mut files: Vec<PathBuf> = map.values().filter_map(|v| v.as_str()).map(|f| dir.join(f)).collect();
     files.sort();
     files.dedup();
     if let Some(missing) = files.iter().find(|f| !f.is_file()) {
-        return Err(TrainError::Model(format!(
-            "missing shard {}",
-            missing.display()
-        )));
+        return Err(TrainError::Model(format!("missing shard {}", missing.display())));
     }
     Ok(files)
 }
@@ -383,20 +317,13 @@ pub fn resolve_model_dir(path: &str) -> std::result::Result<PathBuf, TrainError>
     if p.is_dir() {
         return Ok(p);
     }
-    let hub = std::env::var_os("HF_HUB_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HF_HOME")
-                .map(|h| PathBuf::from(h).join("hub"))
-                .or_else(|| {
-                    std::env::var_os("HOME")
-                        .map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
-                })
-        });
+    let hub = std::env::var_os("HF_HUB_CACHE").map(PathBuf::from).or_else(|| {
+        std::env::var_os("HF_HOME")
+            .map(|h| PathBuf::from(h).join("hub"))
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub")))
+    });
     if let Some(hub) = hub {
-        let snaps = hub
-            .join(format!("models--{}", path.replace('/', "--")))
-            .join("snapshots");
+        let snaps = hub.join(format!("models--{}", path.replace('/', "--"))).join("snapshots");
         if let Ok(rd) = std::fs::read_dir(&snaps) {
             let newest = rd
                 .filter_map(|e| e.ok())
@@ -407,7 +334,5 @@ pub fn resolve_model_dir(path: &str) -> std::result::Result<PathBuf, TrainError>
             }
         }
     }
-    Err(TrainError::Model(format!(
-        "model {path:?}: no such directory, and not in the local Hugging Face cache"
-    )))
+    Err(TrainError::Model(format!("model {path:?}: no such directory, and not in the local Hugging Face cache")))
 }

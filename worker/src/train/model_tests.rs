@@ -29,18 +29,11 @@ fn tiny_cfg() -> Qwen2Config {
 }
 
 fn all_targets(r: usize) -> LoraSpec {
-    LoraSpec {
-        r,
-        alpha: 2.0 * r as f64,
-        dropout: 0.0,
-        targets: TARGETS.iter().map(|s| s.to_string()).collect(),
-    }
+    LoraSpec { r, alpha: 2.0 * r as f64, dropout: 0.0, targets: TARGETS.iter().map(|s| s.to_string()).collect() }
 }
 
 fn ids(b: usize, t: usize, vocab: u32, dev: &Device) -> Tensor {
-    let v: Vec<u32> = (0..b * t)
-        .map(|k| ((k * 7 + k / 3) as u32) % vocab)
-        .collect();
+    let v: Vec<u32> = (0..b * t).map(|k| ((k * 7 + k / 3) as u32) % vocab).collect();
     Tensor::from_vec(v, (b, t), dev).expect("shape matches")
 }
 
@@ -50,14 +43,7 @@ fn lora_grads_of_the_whole_model_match_finite_differences_in_f64() -> anyhow::Re
     let dev = Device::Cpu;
     let model = Qwen2Model::from_tensors(&cfg, random_weights(&cfg, 3)?, DType::F64, &dev)?;
     let spec = all_targets(2);
-    let f32_ads = Adapters::init(
-        &spec,
-        LoraInit::OrthoQrConst,
-        1,
-        2,
-        &|m| cfg.proj_dims(m),
-        &dev,
-    )?;
+    let f32_ads = Adapters::init(&spec, LoraInit::OrthoQrConst, 1, 2, &|m| cfg.proj_dims(m), &dev)?;
     // The same adapters as f64 Vars, so the finite differences are not drowned by f32 rounding.
     let list = f32_ads
         .list
@@ -73,8 +59,7 @@ fn lora_grads_of_the_whole_model_match_finite_differences_in_f64() -> anyhow::Re
         .collect::<anyhow::Result<Vec<_>>>()?;
     let ads = Adapters::from_list(&spec, 2, list)?;
     let x = ids(2, 6, 32, &dev);
-    let loss =
-        || -> anyhow::Result<f64> { Ok(model.loss(&x, Some(&ads), None)?.0.to_scalar::<f64>()?) };
+    let loss = || -> anyhow::Result<f64> { Ok(model.loss(&x, Some(&ads), None)?.0.to_scalar::<f64>()?) };
     let grads = model.loss(&x, Some(&ads), None)?.0.backward()?;
     // Step chosen where truncation (O(h²)) and f64 round-off of the loss sum (~1e-14/h) are
     // both far below the tolerance; at h = 1e-6 round-off alone reaches ~1e-5 of max|g|.
@@ -82,11 +67,7 @@ fn lora_grads_of_the_whole_model_match_finite_differences_in_f64() -> anyhow::Re
     let mut worst: f64 = 0.0;
     let mut checked = 0;
     for var in ads.vars() {
-        let g: Vec<f64> = grads
-            .get(&var)
-            .ok_or_else(|| anyhow::anyhow!("missing grad"))?
-            .flatten_all()?
-            .to_vec1()?;
+        let g: Vec<f64> = grads.get(&var).ok_or_else(|| anyhow::anyhow!("missing grad"))?.flatten_all()?.to_vec1()?;
         let base: Vec<f64> = var.flatten_all()?.to_vec1()?;
         let shape = var.shape().clone();
         let gmax = g.iter().fold(0f64, |m, v| m.max(v.abs()));
@@ -106,9 +87,7 @@ fn lora_grads_of_the_whole_model_match_finite_differences_in_f64() -> anyhow::Re
         }
     }
     assert!(checked > 100);
-    eprintln!(
-        "finite differences: {checked} LoRA entries, worst error {worst:.2e} (relative to max |g| per tensor)"
-    );
+    eprintln!("finite differences: {checked} LoRA entries, worst error {worst:.2e} (relative to max |g| per tensor)");
     assert!(worst < 1e-6, "worst relative gradient error {worst:e}");
     Ok(())
 }
@@ -119,19 +98,9 @@ fn only_adapters_receive_gradients() -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let model = Qwen2Model::from_tensors(&cfg, random_weights(&cfg, 4)?, DType::F32, &dev)?;
     let spec = all_targets(4);
-    let ads = Adapters::init(
-        &spec,
-        LoraInit::OrthoQrMatch,
-        1,
-        2,
-        &|m| cfg.proj_dims(m),
-        &dev,
-    )?;
+    let ads = Adapters::init(&spec, LoraInit::OrthoQrMatch, 1, 2, &|m| cfg.proj_dims(m), &dev)?;
     // 1 × 11 tokens: 10 label rows, so no activation is shaped like a weight matrix.
-    let grads = model
-        .loss(&ids(1, 11, 32, &dev), Some(&ads), None)?
-        .0
-        .backward()?;
+    let grads = model.loss(&ids(1, 11, 32, &dev), Some(&ads), None)?.0.backward()?;
     for v in ads.vars() {
         assert!(grads.get(&v).is_some());
     }
@@ -145,11 +114,7 @@ fn only_adapters_receive_gradients() -> anyhow::Result<()> {
     weight_shapes.push(vec![cfg.vocab_size, cfg.hidden_size]);
     for id in grads.get_ids() {
         let t = grads.get_id(*id).expect("listed id");
-        assert!(
-            !weight_shapes.contains(&t.dims().to_vec()),
-            "frozen-weight-shaped gradient {:?}",
-            t.dims()
-        );
+        assert!(!weight_shapes.contains(&t.dims().to_vec()), "frozen-weight-shaped gradient {:?}", t.dims());
     }
     Ok(())
 }
@@ -184,10 +149,7 @@ fn logits_match_candle_transformers_inference_model() -> anyhow::Result<()> {
     let diff = (want.clone() - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
     let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
     eprintln!("vs candle-transformers qwen2: max |Δlogit| {diff:.2e} (max |logit| {scale:.3})");
-    assert!(
-        diff <= 1e-5 * scale.max(1.0),
-        "max |Δlogit| {diff:e} (max |logit| {scale})"
-    );
+    assert!(diff <= 1e-5 * scale.max(1.0), "max |Δlogit| {diff:e} (max |logit| {scale})");
     Ok(())
 }
 
@@ -213,42 +175,21 @@ impl Progress for Recorder {
 
 impl Recorder {
     pub(crate) fn series(&self, s: Series) -> Vec<(u64, f64)> {
-        self.points
-            .iter()
-            .filter(|p| p.series == s)
-            .map(|p| (p.step, p.loss))
-            .collect()
+        self.points.iter().filter(|p| p.series == s).map(|p| (p.step, p.loss)).collect()
     }
 }
 
 /// Periodic sequences the adapters can learn, split into train/eval blocks.
 fn periodic_data(n_train: usize, n_eval: usize, t: usize) -> PackedData {
-    let block = |k: usize| {
-        (0..t)
-            .map(|j| ((j * 5 + k) % 17) as u32)
-            .collect::<Vec<u32>>()
-    };
-    PackedData {
-        train: (0..n_train).map(block).collect(),
-        eval: (0..n_eval).map(|k| block(k + 3)).collect(),
-    }
+    let block = |k: usize| (0..t).map(|j| ((j * 5 + k) % 17) as u32).collect::<Vec<u32>>();
+    PackedData { train: (0..n_train).map(block).collect(), eval: (0..n_eval).map(|k| block(k + 3)).collect() }
 }
 
 fn tiny_job(lr: f64) -> JobSpec {
     JobSpec {
-        model: ModelSpec {
-            path: "mem".into(),
-            dtype: "f32".into(),
-        },
-        data: DataSpec {
-            path: "mem".into(),
-            max_length: 16,
-            shuffle: true,
-        },
-        lora: LoraSpec {
-            dropout: 0.05,
-            ..LoraSpec::default()
-        },
+        model: ModelSpec { path: "mem".into(), dtype: "f32".into() },
+        data: DataSpec { path: "mem".into(), max_length: 16, shuffle: true },
+        lora: LoraSpec { dropout: 0.05, ..LoraSpec::default() },
         train: TrainSpec {
             micro_batch: 2,
             grad_accum: 2,
@@ -267,14 +208,7 @@ fn setup(job: &JobSpec) -> anyhow::Result<(Qwen2Model, Adapters)> {
     let cfg = tiny_cfg();
     let dev = Device::Cpu;
     let model = Qwen2Model::from_tensors(&cfg, random_weights(&cfg, 6)?, DType::F32, &dev)?;
-    let ads = Adapters::init(
-        &job.lora,
-        job.init,
-        job.seed,
-        2,
-        &|m| cfg.proj_dims(m),
-        &dev,
-    )?;
+    let ads = Adapters::init(&job.lora, job.init, job.seed, 2, &|m| cfg.proj_dims(m), &dev)?;
     Ok((model, ads))
 }
 
@@ -288,19 +222,10 @@ fn loop_learns_and_follows_the_study_cadence() -> anyhow::Result<()> {
     let train = rec.series(Series::Train);
     let eval = rec.series(Series::Eval);
     assert_eq!(rec.total, Some(5));
-    assert_eq!(
-        train.iter().map(|p| p.0).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5]
-    );
-    assert_eq!(
-        eval.iter().map(|p| p.0).collect::<Vec<_>>(),
-        vec![0, 4, 8, 10]
-    );
+    assert_eq!(train.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(eval.iter().map(|p| p.0).collect::<Vec<_>>(), vec![0, 4, 8, 10]);
     assert_eq!(out.final_eval_loss, Some(eval[3].1));
-    assert!(
-        eval[3].1 < eval[0].1 - 0.05,
-        "eval did not improve: {eval:?}"
-    );
+    assert!(eval[3].1 < eval[0].1 - 0.05, "eval did not improve: {eval:?}");
     assert_eq!(out.tokens, 19 * 16);
     assert!(!out.diverged);
     // Deterministic: same job, same curve (dropout and shuffle are seeded).
@@ -329,20 +254,10 @@ fn max_steps_zero_evaluates_once_and_leaves_adapters_untouched() -> anyhow::Resu
 #[test]
 fn zero_sizes_are_refused() -> anyhow::Result<()> {
     let (model, ads) = setup(&tiny_job(1e-2))?;
-    for edit in [
-        |j: &mut JobSpec| j.train.micro_batch = 0,
-        |j: &mut JobSpec| j.train.grad_accum = 0,
-    ] {
+    for edit in [|j: &mut JobSpec| j.train.micro_batch = 0, |j: &mut JobSpec| j.train.grad_accum = 0] {
         let mut job = tiny_job(1e-2);
         edit(&mut job);
-        let err = train_loop(
-            &model,
-            &periodic_data(4, 2, 16),
-            &ads,
-            &job,
-            &mut Recorder::default(),
-        )
-        .unwrap_err();
+        let err = train_loop(&model, &periodic_data(4, 2, 16), &ads, &job, &mut Recorder::default()).unwrap_err();
         assert!(matches!(err, TrainError::Invalid(_)), "{err}");
     }
     Ok(())
@@ -352,10 +267,7 @@ fn zero_sizes_are_refused() -> anyhow::Result<()> {
 fn cancellation_stops_the_loop() -> anyhow::Result<()> {
     let job = tiny_job(1e-2);
     let (model, ads) = setup(&job)?;
-    let mut rec = Recorder {
-        cancel_after: Some(2),
-        ..Recorder::default()
-    };
+    let mut rec = Recorder { cancel_after: Some(2), ..Recorder::default() };
     let err = train_loop(&model, &periodic_data(19, 2, 16), &ads, &job, &mut rec).unwrap_err();
     assert!(matches!(err, TrainError::Cancelled));
     assert_eq!(rec.points.len(), 2);
@@ -371,10 +283,7 @@ fn divergence_is_flagged_and_can_stop_early() -> anyhow::Result<()> {
     let mut rec = Recorder::default();
     let out = train_loop(&model, &periodic_data(19, 2, 16), &ads, &job, &mut rec)?;
     assert!(out.diverged);
-    assert!(
-        rec.series(Series::Train).is_empty(),
-        "should stop right after the first eval"
-    );
+    assert!(rec.series(Series::Train).is_empty(), "should stop right after the first eval");
     Ok(())
 }
 
@@ -386,14 +295,7 @@ fn bf16_base_tracks_f32_and_keeps_f32_adapter_gradients() -> anyhow::Result<()> 
     let m32 = Qwen2Model::from_tensors(&cfg, ts.clone(), DType::F32, &dev)?;
     let m16 = Qwen2Model::from_tensors(&cfg, ts, DType::BF16, &dev)?;
     let spec = all_targets(4);
-    let ads = Adapters::init(
-        &spec,
-        LoraInit::OrthoQrMatch,
-        1,
-        2,
-        &|m| cfg.proj_dims(m),
-        &dev,
-    )?;
+    let ads = Adapters::init(&spec, LoraInit::OrthoQrMatch, 1, 2, &|m| cfg.proj_dims(m), &dev)?;
     let x = ids(2, 12, 32, &dev);
     let l32 = m32.loss(&x, Some(&ads), None)?.0;
     let (l16, _) = m16.loss(&x, Some(&ads), None)?;
@@ -405,17 +307,11 @@ fn bf16_base_tracks_f32_and_keeps_f32_adapter_gradients() -> anyhow::Result<()> 
     let g32 = l32.backward()?;
     let g16 = l16.backward()?;
     for v in ads.vars() {
-        let (p, q) = (
-            g32.get(&v).expect("f32 grad"),
-            g16.get(&v).expect("bf16 grad"),
-        );
+        let (p, q) = (g32.get(&v).expect("f32 grad"), g16.get(&v).expect("bf16 grad"));
         assert_eq!(q.dtype(), DType::F32);
         let err = (p - q)?.abs()?.max_all()?.to_scalar::<f32>()?;
         let scale = p.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(
-            err <= 0.05 * scale,
-            "bf16 gradient off by {err} (scale {scale})"
-        );
+        assert!(err <= 0.05 * scale, "bf16 gradient off by {err} (scale {scale})");
     }
     Ok(())
 }
@@ -428,10 +324,7 @@ fn loads_sharded_checkpoints_and_an_untied_head() -> anyhow::Result<()> {
     let head = Tensor::randn(0f32, 0.02, (cfg.vocab_size, cfg.hidden_size), &dev)?;
     ts.insert("lm_head.weight".into(), head.clone());
     let dir = tempfile::tempdir()?;
-    let (mut s1, mut s2) = (
-        std::collections::HashMap::new(),
-        std::collections::HashMap::new(),
-    );
+    let (mut s1, mut s2) = (std::collections::HashMap::new(), std::collections::HashMap::new());
     let mut map = serde_json::Map::new();
     for (k, v) in &ts {
         let (shard, file) = if k.contains("layers.1.") || k.starts_with("lm_head") {
@@ -459,27 +352,17 @@ fn loads_sharded_checkpoints_and_an_untied_head() -> anyhow::Result<()> {
         }))?,
     )?;
     let loaded = Qwen2Model::load(dir.path(), DType::F32, &dev)?;
-    assert_eq!(
-        loaded.cfg.rope_theta, cfg.rope_theta,
-        "rope_theta from rope_parameters"
-    );
+    assert_eq!(loaded.cfg.rope_theta, cfg.rope_theta, "rope_theta from rope_parameters");
     let x = ids(1, 7, 32, &dev);
     let logits = loaded.logits(&x, None, None)?;
-    let want = loaded
-        .hidden(&x, None, None)?
-        .broadcast_matmul(&head.t()?)?;
+    let want = loaded.hidden(&x, None, None)?.broadcast_matmul(&head.t()?)?;
     assert!((logits - want)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
     let mem = Qwen2Model::from_tensors(&cfg, ts, DType::F32, &dev)?;
-    let d = (mem.logits(&x, None, None)? - loaded.logits(&x, None, None)?)?
-        .abs()?
-        .max_all()?
-        .to_scalar::<f32>()?;
+    let d = (mem.logits(&x, None, None)? - loaded.logits(&x, None, None)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
     assert_eq!(d, 0.0);
 
     std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors"))?;
-    let err = Qwen2Model::load(dir.path(), DType::F32, &dev)
-        .unwrap_err()
-        .to_string();
+    let err = Qwen2Model::load(dir.path(), DType::F32, &dev).unwrap_err().to_string();
     assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
     Ok(())
 }
@@ -489,21 +372,11 @@ fn eval_view_records_no_graph_but_gives_the_same_loss() -> anyhow::Result<()> {
     let cfg = tiny_cfg();
     let dev = Device::Cpu;
     let model = Qwen2Model::from_tensors(&cfg, random_weights(&cfg, 9)?, DType::F32, &dev)?;
-    let ads = Adapters::init(
-        &all_targets(4),
-        LoraInit::OrthoQrConst,
-        1,
-        2,
-        &|m| cfg.proj_dims(m),
-        &dev,
-    )?;
+    let ads = Adapters::init(&all_targets(4), LoraInit::OrthoQrConst, 1, 2, &|m| cfg.proj_dims(m), &dev)?;
     let x = ids(2, 9, 32, &dev);
     let (train_loss, _) = model.loss(&x, Some(&ads), None)?;
     let (eval_loss, _) = model.loss(&x, Some(&ads.for_eval()), None)?;
-    assert_eq!(
-        train_loss.to_scalar::<f32>()?,
-        eval_loss.to_scalar::<f32>()?
-    );
+    assert_eq!(train_loss.to_scalar::<f32>()?, eval_loss.to_scalar::<f32>()?);
     assert!(train_loss.backward()?.get(&ads.vars()[0]).is_some());
     assert!(eval_loss.backward()?.get(&ads.vars()[0]).is_none());
     Ok(())

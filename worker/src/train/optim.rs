@@ -28,12 +28,7 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        }
+        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
     }
 }
 
@@ -53,21 +48,9 @@ pub struct AdamW {
 impl AdamW {
     /// Zero state for `vars`.
     pub fn new(vars: Vec<Var>, cfg: AdamWConfig) -> Result<Self> {
-        let m = vars
-            .iter()
-            .map(|v| v.zeros_like())
-            .collect::<Result<Vec<_>>>()?;
-        let v = vars
-            .iter()
-            .map(|v| v.zeros_like())
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            cfg,
-            vars,
-            m,
-            v,
-            step: 0,
-        })
+        let m = vars.iter().map(|v| v.zeros_like()).collect::<Result<Vec<_>>>()?;
+        let v = vars.iter().map(|v| v.zeros_like()).collect::<Result<Vec<_>>>()?;
+        Ok(Self { cfg, vars, m, v, step: 0 })
     }
 
     /// The optimised Vars, in order.
@@ -107,12 +90,7 @@ pub struct GradAccum {
 impl GradAccum {
     /// Zero sums shaped like `vars`.
     pub fn new(vars: &[Var]) -> Result<Self> {
-        Ok(Self {
-            sums: vars
-                .iter()
-                .map(|v| v.zeros_like())
-                .collect::<Result<Vec<_>>>()?,
-        })
+        Ok(Self { sums: vars.iter().map(|v| v.zeros_like()).collect::<Result<Vec<_>>>()? })
     }
 
     /// Adds one backward pass's gradients (missing entries count as zero: e.g. B's gradient
@@ -139,11 +117,7 @@ impl GradAccum {
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     let mut sq = 0f64;
     for g in grads {
-        sq += g
-            .sqr()?
-            .sum_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
+        sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
     }
     Ok(sq.sqrt())
 }
@@ -189,9 +163,7 @@ mod tests {
         let mut want = init;
         let (mut m, mut v) = ([0.0; 4], [0.0; 4]);
         for step in 1..=5 {
-            let gs: Vec<f64> = (0..4)
-                .map(|i| ((step * 7 + i * 3) % 5) as f64 - 2.0 + 0.1 * i as f64)
-                .collect();
+            let gs: Vec<f64> = (0..4).map(|i| ((step * 7 + i * 3) % 5) as f64 - 2.0 + 0.1 * i as f64).collect();
             let lr = [0.0, 1e-3, 2e-3, 5e-3, 1e-2][step as usize - 1];
             opt.step(&[Tensor::new(gs.as_slice(), &dev)?], lr)?;
             for i in 0..4 {
@@ -200,12 +172,7 @@ mod tests {
         }
         let got: Vec<f64> = var.as_tensor().to_vec1()?;
         for i in 0..4 {
-            assert!(
-                (got[i] - want[i]).abs() < 1e-12,
-                "{i}: {} vs {}",
-                got[i],
-                want[i]
-            );
+            assert!((got[i] - want[i]).abs() < 1e-12, "{i}: {} vs {}", got[i], want[i]);
         }
         assert_eq!(opt.step, 5);
         Ok(())
@@ -225,10 +192,7 @@ mod tests {
     #[test]
     fn clipping_follows_torch() -> anyhow::Result<()> {
         let dev = Device::Cpu;
-        let mut g = vec![
-            Tensor::new(&[3.0f32, 0.0], &dev)?,
-            Tensor::new(&[4.0f32], &dev)?,
-        ];
+        let mut g = vec![Tensor::new(&[3.0f32, 0.0], &dev)?, Tensor::new(&[4.0f32], &dev)?];
         let total = clip_grad_norm(&mut g, 1.0)?;
         assert!((total - 5.0).abs() < 1e-9);
         let after = global_norm(&g)?;

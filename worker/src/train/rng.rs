@@ -77,15 +77,7 @@ pub fn dropout_mask(rng: &mut ChaCha8Rng, n: usize, p: f64) -> Vec<f32> {
     let keep = (1.0 / (1.0 - p)) as f32;
     // An entry is dropped when u < p·2³²; exact to 2⁻³².
     let threshold = (p * 4_294_967_296.0) as u64;
-    (0..n)
-        .map(|_| {
-            if (rng.random::<u32>() as u64) < threshold {
-                0.0
-            } else {
-                keep
-            }
-        })
-        .collect()
+    (0..n).map(|_| if (rng.random::<u32>() as u64) < threshold { 0.0 } else { keep }).collect()
 }
 
 #[cfg(test)]

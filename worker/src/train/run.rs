@@ -33,10 +33,7 @@ use crate::trainer::{Progress, TrainError, TrainOutcome};
 /// Stacks the given blocks into a `[b, t]` u32 tensor.
 fn batch(blocks: &[Vec<u32>], idx: &[usize], dev: &Device) -> Result<Tensor, TrainError> {
     let t = blocks[idx[0]].len();
-    let flat: Vec<u32> = idx
-        .iter()
-        .flat_map(|&k| blocks[k].iter().copied())
-        .collect();
+    let flat: Vec<u32> = idx.iter().flat_map(|&k| blocks[k].iter().copied()).collect();
     Ok(Tensor::from_vec(flat, (idx.len(), t), dev)?)
 }
 
@@ -51,9 +48,7 @@ pub fn eval_loss(
     batch_size: usize,
 ) -> Result<f64, TrainError> {
     if blocks.is_empty() {
-        return Err(TrainError::Data(
-            "the eval split packs into 0 blocks".into(),
-        ));
+        return Err(TrainError::Data("the eval split packs into 0 blocks".into()));
     }
     // No gradients in eval: a detached view keeps candle from recording the graph (and from
     // holding every activation until the loss is dropped).
@@ -114,29 +109,15 @@ pub fn train_loop_from(
 ) -> Result<TrainOutcome, TrainError> {
     let t = &job.train;
     if t.micro_batch == 0 || t.grad_accum == 0 || t.eval_every == 0 {
-        return Err(TrainError::Invalid(
-            "micro_batch, grad_accum and eval_every must be positive".into(),
-        ));
+        return Err(TrainError::Invalid("micro_batch, grad_accum and eval_every must be positive".into()));
     }
     let start = Instant::now();
     let n_micro = data.train.len().div_ceil(t.micro_batch) as u64;
-    let sched = LinearSchedule::new(
-        job.lr,
-        n_micro,
-        t.epochs as u64,
-        t.grad_accum as u64,
-        t.warmup_ratio,
-    );
+    let sched = LinearSchedule::new(job.lr, n_micro, t.epochs as u64, t.grad_accum as u64, t.warmup_ratio);
     let max_steps = t.max_steps.unwrap_or(u64::MAX);
     progress.total_steps(sched.total.min(max_steps));
     let vars = ads.vars();
-    let mut opt = AdamW::new(
-        vars.clone(),
-        AdamWConfig {
-            weight_decay: t.weight_decay,
-            ..AdamWConfig::default()
-        },
-    )?;
+    let mut opt = AdamW::new(vars.clone(), AdamWConfig { weight_decay: t.weight_decay, ..AdamWConfig::default() })?;
     let mut accum = GradAccum::new(&vars)?;
     let mut group_losses: Vec<f64> = Vec::with_capacity(t.grad_accum);
     let (mut opt_step, mut tokens, mut diverged) = (0u64, 0u64, false);
@@ -156,11 +137,7 @@ pub fn train_loop_from(
     let eval = |at: u64, progress: &mut dyn Progress| -> Result<f64, TrainError> {
         let loss = eval_loss(model, Some(ads), &data.eval, t.micro_batch)?;
         tracing::debug!(step = at, loss, "eval");
-        progress.point(LossPoint {
-            series: Series::Eval,
-            step: at,
-            loss,
-        });
+        progress.point(LossPoint { series: Series::Eval, step: at, loss });
         Ok(loss)
     };
     'epochs: for epoch in first_epoch..t.epochs {
@@ -180,10 +157,7 @@ pub fn train_loop_from(
                 break 'epochs;
             }
             let ids = batch(&data.train, idx, model.device())?;
-            let dropout = (ads.dropout > 0.0).then_some(DropoutKey {
-                seed: job.seed,
-                micro_step: global,
-            });
+            let dropout = (ads.dropout > 0.0).then_some(DropoutKey { seed: job.seed, micro_step: global });
             if dropout.is_some() && !model.device().is_cpu() {
                 // GPU dropout masks come from the device RNG (see `Adapters::dropout_mask`);
                 // seeding it per micro-batch makes them a function of (seed, micro-batch), so a
@@ -209,15 +183,12 @@ pub fn train_loop_from(
                 let mean = group_losses.iter().sum::<f64>() / group_losses.len() as f64;
                 group_losses.clear();
                 tracing::debug!(step = opt_step, loss = mean, lr, grad_norm = norm, "train");
-                progress.point(LossPoint {
-                    series: Series::Train,
-                    step: opt_step,
-                    loss: mean,
-                });
+                progress.point(LossPoint { series: Series::Train, step: opt_step, loss: mean });
                 diverged |= diverges(mean, t.divergence_threshold);
                 if t.checkpoint_every > 0 && opt_step.is_multiple_of(t.checkpoint_every) {
                     // The next micro-batch is i + 1 of this epoch, or the next epoch's first.
-                    let (epoch_next, micro_next) = if i + 1 == n_micro as usize { (epoch + 1, 0) } else { (epoch, i + 1) };
+                    let (epoch_next, micro_next) =
+                        if i + 1 == n_micro as usize { (epoch + 1, 0) } else { (epoch, i + 1) };
                     let state = LoopState {
                         opt_step,
                         adam_step: opt.step,
@@ -230,7 +201,12 @@ pub fn train_loop_from(
                     };
                     let t0 = Instant::now();
                     let bytes = Checkpoint::capture(job, state, ads, &opt)?.to_bytes()?;
-                    tracing::debug!(step = opt_step, bytes = bytes.len(), seconds = t0.elapsed().as_secs_f64(), "checkpoint");
+                    tracing::debug!(
+                        step = opt_step,
+                        bytes = bytes.len(),
+                        seconds = t0.elapsed().as_secs_f64(),
+                        "checkpoint"
+                    );
                     progress.checkpoint(opt_step, bytes);
                 }
             }

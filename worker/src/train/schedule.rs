@@ -18,21 +18,11 @@ pub struct LinearSchedule {
 
 impl LinearSchedule {
     /// The study's schedule for a run.
-    pub fn new(
-        peak: f64,
-        micro_batches_per_epoch: u64,
-        epochs: u64,
-        grad_accum: u64,
-        warmup_ratio: f64,
-    ) -> Self {
+    pub fn new(peak: f64, micro_batches_per_epoch: u64, epochs: u64, grad_accum: u64, warmup_ratio: f64) -> Self {
         let total = micro_batches_per_epoch * epochs / grad_accum.max(1);
         // Python `int()` truncates toward zero.
         let warmup = (warmup_ratio * total as f64) as u64;
-        Self {
-            peak,
-            warmup,
-            total,
-        }
+        Self { peak, warmup, total }
     }
 
     /// The multiplier at scheduler step `s` (0-based: the s-th optimizer step uses factor(s)).

@@ -17,8 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, TensorView};
 use tokenizers::{
-    AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
-    Tokenizer,
+    AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
     decoders::byte_level::ByteLevel as ByteLevelDecoder,
     models::{
         TrainerWrapper,
@@ -40,7 +39,8 @@ pub use rows::{generate_rows, write_data};
 use rows::{io_err, write_file};
 
 /// Qwen2.5's pre-tokenizer split regex (from its `tokenizer.json`).
-pub const QWEN_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const QWEN_SPLIT_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The special tokens, in id order 0, 1, 2 (Qwen2.5 has the same three at 151643..151645).
 pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
@@ -59,17 +59,10 @@ const TOKENIZER_CORPUS_ROWS: usize = 1000;
 ///
 /// # Errors
 /// [`TrainError::Model`] if the tokenizer cannot be built or trained.
-pub fn train_tokenizer<S: AsRef<str> + Sync>(
-    texts: &[S],
-    vocab_size: usize,
-) -> Result<Tokenizer, TrainError> {
+pub fn train_tokenizer<S: AsRef<str> + Sync>(texts: &[S], vocab_size: usize) -> Result<Tokenizer, TrainError> {
     let err = |e: tokenizers::Error| TrainError::Model(format!("tokenizer: {e}"));
-    let split = Split::new(
-        SplitPattern::Regex(QWEN_SPLIT_REGEX.to_owned()),
-        SplitDelimiterBehavior::Isolated,
-        false,
-    )
-    .map_err(err)?;
+    let split = Split::new(SplitPattern::Regex(QWEN_SPLIT_REGEX.to_owned()), SplitDelimiterBehavior::Isolated, false)
+        .map_err(err)?;
     let pre = Sequence::new(vec![
         PreTokenizerWrapper::Split(split),
         PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
@@ -78,25 +71,16 @@ pub fn train_tokenizer<S: AsRef<str> + Sync>(
     tokenizer
         .with_normalizer(Some(NormalizerWrapper::NFC(NFC)))
         .with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(pre)))
-        .with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::new(
-            false, false, false,
-        ))));
+        .with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::new(false, false, false))));
     let trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(2)
         .show_progress(false)
-        .special_tokens(
-            SPECIAL_TOKENS
-                .iter()
-                .map(|t| AddedToken::from(*t, true))
-                .collect(),
-        )
+        .special_tokens(SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect())
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .build();
     let mut trainer = TrainerWrapper::BpeTrainer(trainer);
-    tokenizer
-        .train(&mut trainer, texts.iter().map(|t| t.as_ref()))
-        .map_err(err)?;
+    tokenizer.train(&mut trainer, texts.iter().map(|t| t.as_ref())).map_err(err)?;
     Ok(tokenizer)
 }
 
@@ -153,10 +137,7 @@ pub struct TinyModelSummary {
 
 /// The tensors of a Qwen2 checkpoint with tied embeddings, in HF names and `[out, in]` layout,
 /// with the value each is initialised to (`None` = random N(0, 0.02²)).
-pub fn qwen2_tensor_shapes(
-    vocab: usize,
-    cfg: &TinyModelConfig,
-) -> Vec<(String, Vec<usize>, Option<f32>)> {
+pub fn qwen2_tensor_shapes(vocab: usize, cfg: &TinyModelConfig) -> Vec<(String, Vec<usize>, Option<f32>)> {
     let h = cfg.hidden;
     let kv = cfg.kv_heads * (h / cfg.heads.max(1));
     let mut t = vec![("model.embed_tokens.weight".to_owned(), vec![vocab, h], None)];
@@ -170,26 +151,10 @@ pub fn qwen2_tensor_shapes(
         t.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h], None));
         t.push((format!("{p}.self_attn.v_proj.bias"), vec![kv], Some(0.0)));
         t.push((format!("{p}.self_attn.o_proj.weight"), vec![h, h], None));
-        t.push((
-            format!("{p}.post_attention_layernorm.weight"),
-            vec![h],
-            Some(1.0),
-        ));
-        t.push((
-            format!("{p}.mlp.gate_proj.weight"),
-            vec![cfg.intermediate, h],
-            None,
-        ));
-        t.push((
-            format!("{p}.mlp.up_proj.weight"),
-            vec![cfg.intermediate, h],
-            None,
-        ));
-        t.push((
-            format!("{p}.mlp.down_proj.weight"),
-            vec![h, cfg.intermediate],
-            None,
-        ));
+        t.push((format!("{p}.post_attention_layernorm.weight"), vec![h], Some(1.0)));
+        t.push((format!("{p}.mlp.gate_proj.weight"), vec![cfg.intermediate, h], None));
+        t.push((format!("{p}.mlp.up_proj.weight"), vec![cfg.intermediate, h], None));
+        t.push((format!("{p}.mlp.down_proj.weight"), vec![h, cfg.intermediate], None));
     }
     t.push(("model.norm.weight".to_owned(), vec![h], Some(1.0)));
     t
@@ -197,36 +162,17 @@ pub fn qwen2_tensor_shapes(
 
 fn validate(cfg: &TinyModelConfig) -> Result<(), TrainError> {
     let bad = |m: String| Err(TrainError::Invalid(m));
-    if [
-        cfg.vocab,
-        cfg.hidden,
-        cfg.layers,
-        cfg.heads,
-        cfg.kv_heads,
-        cfg.intermediate,
-        cfg.max_positions,
-    ]
-    .contains(&0)
-    {
+    if [cfg.vocab, cfg.hidden, cfg.layers, cfg.heads, cfg.kv_heads, cfg.intermediate, cfg.max_positions].contains(&0) {
         return bad("every size must be positive".into());
     }
     if cfg.vocab < 259 {
-        return bad(format!(
-            "vocab {} < 259 (256 bytes + 3 special tokens)",
-            cfg.vocab
-        ));
+        return bad(format!("vocab {} < 259 (256 bytes + 3 special tokens)", cfg.vocab));
     }
     if !cfg.hidden.is_multiple_of(cfg.heads) || !(cfg.hidden / cfg.heads).is_multiple_of(2) {
-        return bad(format!(
-            "hidden {} must split into {} heads of even size (RoPE)",
-            cfg.hidden, cfg.heads
-        ));
+        return bad(format!("hidden {} must split into {} heads of even size (RoPE)", cfg.hidden, cfg.heads));
     }
     if !cfg.heads.is_multiple_of(cfg.kv_heads) {
-        return bad(format!(
-            "kv_heads {} must divide heads {}",
-            cfg.kv_heads, cfg.heads
-        ));
+        return bad(format!("kv_heads {} must divide heads {}", cfg.kv_heads, cfg.heads));
     }
     Ok(())
 }
@@ -248,12 +194,10 @@ pub fn write_model(dir: &Path, cfg: &TinyModelConfig) -> Result<TinyModelSummary
         .collect::<Result<Vec<_>, _>>()?;
     let tokenizer = train_tokenizer(&corpus, cfg.vocab)?;
     let tok_path = dir.join("tokenizer.json");
-    tokenizer
-        .save(&tok_path, true)
-        .map_err(|e| TrainError::Model(format!("{}: {e}", tok_path.display())))?;
-    let eos_id = tokenizer.token_to_id(EOS_TOKEN).ok_or_else(|| {
-        TrainError::Model(format!("{EOS_TOKEN} missing from the trained tokenizer"))
-    })?;
+    tokenizer.save(&tok_path, true).map_err(|e| TrainError::Model(format!("{}: {e}", tok_path.display())))?;
+    let eos_id = tokenizer
+        .token_to_id(EOS_TOKEN)
+        .ok_or_else(|| TrainError::Model(format!("{EOS_TOKEN} missing from the trained tokenizer")))?;
     let tok_cfg = serde_json::json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": null,
@@ -296,13 +240,7 @@ pub fn write_model(dir: &Path, cfg: &TinyModelConfig) -> Result<TinyModelSummary
     let params = tensors.iter().map(|(_, _, v)| v.len()).sum();
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
-        .map(|(name, shape, values)| {
-            (
-                name,
-                shape,
-                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
-        })
+        .map(|(name, shape, values)| (name, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()))
         .collect();
     let views = bytes
         .iter()
@@ -316,16 +254,12 @@ pub fn write_model(dir: &Path, cfg: &TinyModelConfig) -> Result<TinyModelSummary
     let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
     safetensors::tensor::serialize_to_file(views, Some(metadata), &st_path)
         .map_err(|e| TrainError::Model(format!("{}: {e}", st_path.display())))?;
-    Ok(TinyModelSummary {
-        vocab_size,
-        params,
-        eos_id,
-    })
+    Ok(TinyModelSummary { vocab_size, params, eos_id })
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), TrainError> {
-    let mut text = serde_json::to_vec_pretty(value)
-        .map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))?;
+    let mut text =
+        serde_json::to_vec_pretty(value).map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))?;
     text.write_all(b"\n").map_err(|e| io_err(path, e))?;
     write_file(path, &text)
 }
@@ -360,16 +294,9 @@ mod tests {
 
     #[test]
     fn rejects_impossible_shapes() {
-        let bad = TinyModelConfig {
-            heads: 3,
-            ..TinyModelConfig::default()
-        };
+        let bad = TinyModelConfig { heads: 3, ..TinyModelConfig::default() };
         assert!(matches!(validate(&bad), Err(TrainError::Invalid(_))));
-        let bad = TinyModelConfig {
-            kv_heads: 3,
-            heads: 4,
-            ..TinyModelConfig::default()
-        };
+        let bad = TinyModelConfig { kv_heads: 3, heads: 4, ..TinyModelConfig::default() };
         assert!(matches!(validate(&bad), Err(TrainError::Invalid(_))));
         assert!(validate(&TinyModelConfig::default()).is_ok());
     }

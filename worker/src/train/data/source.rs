@@ -29,9 +29,7 @@ pub fn resolve_data_dir(data_path: &str) -> Result<PathBuf, TrainError> {
     }
     if is_hub_id(data_path) {
         let cache = hub_cache_dir().ok_or_else(|| {
-            data_err(format!(
-                "{data_path}: not a directory, and no Hugging Face cache (HF_HOME or HOME unset)"
-            ))
+            data_err(format!("{data_path}: not a directory, and no Hugging Face cache (HF_HOME or HOME unset)"))
         })?;
         return resolve_cached_dataset(&cache, data_path);
     }
@@ -40,20 +38,14 @@ pub fn resolve_data_dir(data_path: &str) -> Result<PathBuf, TrainError> {
 
 fn is_hub_id(s: &str) -> bool {
     let mut parts = s.split('/');
-    let ok = |p: Option<&str>| {
-        p.is_some_and(|p| !p.is_empty() && !p.starts_with('.') && !p.contains(['\\', ':']))
-    };
+    let ok = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && !p.starts_with('.') && !p.contains(['\\', ':']));
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
 }
 
 /// The local Hugging Face hub cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
 /// `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub` (huggingface_hub's order).
 pub fn hub_cache_dir() -> Option<PathBuf> {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     var("HF_HUB_CACHE")
         .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
         .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("huggingface/hub")))
@@ -69,17 +61,11 @@ pub fn resolve_cached_dataset(cache: &Path, id: &str) -> Result<PathBuf, TrainEr
     let repo = cache.join(format!("datasets--{}", id.replace('/', "--")));
     let refs = repo.join("refs/main");
     let rev = std::fs::read_to_string(&refs).map_err(|e| {
-        data_err(format!(
-            "{id}: not in the local Hugging Face cache ({}: {e}); nothing is downloaded",
-            refs.display()
-        ))
+        data_err(format!("{id}: not in the local Hugging Face cache ({}: {e}); nothing is downloaded", refs.display()))
     })?;
     let snapshot = repo.join("snapshots").join(rev.trim());
     if !snapshot.is_dir() {
-        return Err(data_err(format!(
-            "{id}: snapshot {} is missing",
-            snapshot.display()
-        )));
+        return Err(data_err(format!("{id}: snapshot {} is missing", snapshot.display())));
     }
     Ok(snapshot)
 }
@@ -159,20 +145,15 @@ pub fn read_parquet(path: &Path) -> Result<Vec<Row>, TrainError> {
     let mut rows = Vec::new();
     for (i, record) in reader.get_row_iter(None).map_err(bad)?.enumerate() {
         let record = record.map_err(bad)?;
-        let row = parquet_row(&record)
-            .map_err(|m| data_err(format!("{} row {i}: {m}", path.display())))?;
+        let row = parquet_row(&record).map_err(|m| data_err(format!("{} row {i}: {m}", path.display())))?;
         rows.push(row);
     }
     Ok(rows)
 }
 
 fn parquet_row(record: &ParquetRow) -> Result<Row, String> {
-    let mut row = Row {
-        prompt: String::new(),
-        prompt_id: String::new(),
-        messages: Vec::new(),
-        category: String::new(),
-    };
+    let mut row =
+        Row { prompt: String::new(), prompt_id: String::new(), messages: Vec::new(), category: String::new() };
     let mut saw_messages = false;
     for (name, field) in record.get_column_iter() {
         match name.as_str() {
@@ -186,10 +167,7 @@ fn parquet_row(record: &ParquetRow) -> Result<Row, String> {
                 };
                 for (j, element) in list.elements().iter().enumerate() {
                     let Field::Group(group) = element else {
-                        return Err(format!(
-                            "messages[{j}] is {}, not a struct",
-                            field_kind(element)
-                        ));
+                        return Err(format!("messages[{j}] is {}, not a struct", field_kind(element)));
                     };
                     let (mut role, mut content) = (None, None);
                     for (key, value) in group.get_column_iter() {
@@ -253,11 +231,7 @@ mod tests {
         let snap = resolve_cached_dataset(cache.path(), "HuggingFaceH4/no_robots")?;
         assert_eq!(snap, repo.join("snapshots/abc123"));
         let err = resolve_cached_dataset(cache.path(), "other/set").expect_err("not cached");
-        assert!(
-            err.to_string()
-                .contains("not in the local Hugging Face cache"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("not in the local Hugging Face cache"), "{err}");
         let err = load_rows(&snap, Split::Train).expect_err("empty snapshot");
         assert!(err.to_string().contains("no train split"), "{err}");
         Ok(())
@@ -267,10 +241,7 @@ mod tests {
     fn bad_jsonl_rows_name_file_and_line() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("train.jsonl");
-        std::fs::write(
-            &path,
-            "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}]}\n\n{\"messages\": 3}\n",
-        )?;
+        std::fs::write(&path, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}]}\n\n{\"messages\": 3}\n")?;
         let err = read_jsonl(&path).expect_err("bad row");
         let msg = err.to_string();
         assert!(msg.contains("train.jsonl line 3"), "{msg}");
