@@ -10,8 +10,8 @@
 # Kernels are built for sm_90a (H100/H200): set CUDA_COMPUTE_CAP for other GPUs (e.g. 80 for A100).
 # The GPU host needs a driver that supports CUDA 13.0 (≥ 580) and the wheel libraries, which this
 # script copies next to the binaries (run them with LD_LIBRARY_PATH=OUT_DIR/lib).
-# Recipe and measurements: ../shared/docs/cuda-build.md of the project (CUDA 12 wheels have no nvcc;
-# cudarc 0.19 supports CUDA ≤ 13.4, so the toolkit is pinned to 13.0).
+# Why this recipe: the CUDA 12 wheels on PyPI ship no nvcc, the CUDA 13 ones do (and nvcc runs from the wheel);
+# cudarc 0.19 supports CUDA ≤ 13.4, so the toolkit is pinned to 13.0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
