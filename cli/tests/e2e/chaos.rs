@@ -4,7 +4,6 @@
 //! point lost or duplicated) and final eval loss, bit for bit.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use lorasweep_common::{JobSpec, LossPoint, Series, SweepSpec};
@@ -12,11 +11,7 @@ use lorasweep_proto::pb;
 use lorasweep_worker::train::CandleTrainer;
 use lorasweep_worker::trainer::Progress;
 
-use crate::helpers::{self, Proc, await_condition, await_sweep_done, clients, start_coordinator_process};
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../worker/tests/fixtures").join(name).display().to_string()
-}
+use crate::helpers::{self, Proc, await_condition, await_sweep_done, clients, fixture, start_coordinator_process};
 
 /// 5 inits × 7 lrs = 35 jobs of one epoch (22 optimizer steps) each, a checkpoint every 5.
 fn sweep_toml() -> String {

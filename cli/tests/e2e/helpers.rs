@@ -253,3 +253,8 @@ pub(crate) fn expected_eval_steps(steps: u64) -> Vec<u64> {
     }
     v
 }
+
+/// The path of a worker test fixture (`worker/tests/fixtures/NAME`), as a string for sweep files.
+pub(crate) fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../worker/tests/fixtures").join(name).display().to_string()
+}

@@ -12,11 +12,7 @@ use lorasweep_proto::pb::{self, artifacts_client::ArtifactsClient};
 use lorasweep_worker::trainer::Progress;
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{self, Proc, await_condition, await_sweep_done, clients, spawn_coordinator};
-
-fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../worker/tests/fixtures").join(name).display().to_string()
-}
+use crate::helpers::{self, Proc, await_condition, await_sweep_done, clients, fixture, spawn_coordinator};
 
 /// One cell on the tiny fixture, long enough (10 epochs, 220 steps) to be killed mid-run.
 fn sweep_toml() -> String {
