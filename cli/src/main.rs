@@ -21,6 +21,11 @@ mod results_render;
 
 use clap::{Parser, Subcommand};
 
+/// Training (`train`, `demo`, `bench train`) frees and reallocates activation-sized buffers every
+/// op; glibc hands large ones back to the kernel and page-faults them in again each time.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Run and analyse LoRA-initialisation sweeps.
 #[derive(Debug, Parser)]
 #[command(name = "lorasweep", version, about)]
@@ -31,6 +36,10 @@ struct Cli {
     /// Bearer token and TLS CA for the coordinator (global: `--token-file`, `--tls-ca`).
     #[command(flatten)]
     connect: lorasweep_worker::ConnectArgs,
+    /// CPU threads for training's matrix products (default: the CPUs this process may use, or
+    /// RAYON_NUM_THREADS).
+    #[arg(long, global = true, env = "LORASWEEP_THREADS")]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +101,11 @@ enum BenchCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // SAFETY: nothing has started a thread yet (no runtime, no candle op).
+    #[allow(unsafe_code)]
+    unsafe {
+        lorasweep_worker::train::cpu::configure_threads(cli.threads);
+    }
     // The daemons log their lifecycle; client commands stay quiet unless asked.
     let default_filter = match cli.command {
         Command::Coordinator(_) | Command::Worker(_) => "info",

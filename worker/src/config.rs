@@ -59,6 +59,10 @@ pub struct WorkerCli {
     /// Token and TLS.
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// CPU threads for training's matrix products (default: the CPUs this process may use, or
+    /// RAYON_NUM_THREADS).
+    #[arg(long, env = "LORASWEEP_THREADS")]
+    pub threads: Option<usize>,
     /// Everything else.
     #[command(flatten)]
     pub args: WorkerArgs,

@@ -7,6 +7,8 @@
 //! - [`lora`]: adapters on the projections, with seeded dropout.
 //! - [`data`]: the study's data pipeline (no_robots → packed blocks) and epoch shuffling.
 //! - [`init`]: the study's five LoRA inits; [`rng`]: the seeded streams they draw from.
+//! - [`fused`]: fused CPU kernels with fused backward (RMSNorm, RoPE, causal softmax, SwiGLU).
+//! - [`cpu`]: CPU tuning of candle's matmul threading.
 //! - [`optim`]: AdamW (torch semantics), gradient accumulation, norm clipping.
 //! - [`schedule`]: linear warmup/decay learning rate.
 //! - [`run`]: the training loop (eval cadence, accumulation, stepping, divergence).
@@ -20,8 +22,10 @@
 pub mod adapter;
 pub mod bench;
 pub mod checkpoint;
+pub mod cpu;
 pub mod data;
 pub mod frozen;
+pub mod fused;
 pub mod generate;
 pub mod init;
 pub mod local;

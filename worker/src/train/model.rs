@@ -115,6 +115,9 @@ impl Qwen2Model {
     /// Builds the model from a `VarBuilder` rooted at the checkpoint's top level (names
     /// `model.embed_tokens.weight`, `model.layers.{i}.…`, optional `lm_head.weight`).
     pub fn new(cfg: &Qwen2Config, vb: VarBuilder<'_>) -> Result<Self> {
+        if vb.device().is_cpu() {
+            super::cpu::tune();
+        }
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
         let m = vb.pp("model");
         let embed = m.get((v, h), "embed_tokens.weight")?;
@@ -223,16 +226,19 @@ impl Qwen2Model {
             let v = heads(proj(li, 2, l, &hs)?, nkv)?;
             let q = ops::rope(&q, &cos, &sin)?;
             let k = ops::rope(&k, &cos, &sin)?;
-            let k = candle_transformers::utils::repeat_kv(k, nh / nkv)?.contiguous()?;
-            let v = candle_transformers::utils::repeat_kv(v, nh / nkv)?.contiguous()?;
-            let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-            let probs = ops::causal_softmax(&scores, &mask)?;
-            let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+            // GQA without repeating K/V: the `g = nh / nkv` query heads that share a K/V head
+            // are adjacent, so q viewed as [b, nkv, g·t, hd] multiplies each K/V head once. Same
+            // products as HF's `repeat_kv`, minus two copies forward and their sums backward.
+            let g = nh / nkv;
+            let scores = q.reshape((b, nkv, g * t, hd))?.matmul(&k.t()?)?.reshape((b, nh, t, t))?;
+            let probs = ops::causal_softmax(&scores, &mask, 1.0 / (hd as f64).sqrt())?;
+            let attn = probs.reshape((b, nkv, g * t, t))?.matmul(&v)?.reshape((b, nh, t, hd))?;
+            let attn = attn.transpose(1, 2)?.reshape((b, t, nh * hd))?;
             x = (x + proj(li, 3, l, &attn)?)?;
             let hs = ops::rms_norm(&x, &l.ln2, cfg.rms_norm_eps)?;
-            let gate = proj(li, 4, l, &hs)?.silu()?;
+            let gate = proj(li, 4, l, &hs)?;
             let up = proj(li, 5, l, &hs)?;
-            x = (x + proj(li, 6, l, &(gate * up)?)?)?;
+            x = (x + proj(li, 6, l, &ops::swiglu(&gate, &up)?)?)?;
         }
         ops::rms_norm(&x, &self.norm, cfg.rms_norm_eps)
     }

@@ -12,6 +12,8 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, D, DType, Device, Layout, Result, Shape, Tensor};
 
+use super::fused;
+
 /// The dtype reductions run in: f32, or f64 for f64 inputs (f64 is only used by the
 /// finite-difference tests, which need the extra precision end to end).
 fn work_dtype(dtype: DType) -> DType {
@@ -19,8 +21,17 @@ fn work_dtype(dtype: DType) -> DType {
 }
 
 /// RMSNorm as in `Qwen2RMSNorm`: computed in f32, normalised value cast back to the input
-/// dtype, then multiplied by the weight (`weight * hs.to(input_dtype)`).
+/// dtype, then multiplied by the weight (`weight * hs.to(input_dtype)`). One fused op on the
+/// CPU in f32/f64 ([`fused::rms_norm`]), [`rms_norm_plain`] elsewhere.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused::fusable(x) && weight.dtype() == x.dtype() {
+        return fused::rms_norm(x, weight, eps);
+    }
+    rms_norm_plain(x, weight, eps)
+}
+
+/// [`rms_norm`] from core ops only (any device and dtype; the fused op's reference).
+pub fn rms_norm_plain(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let xf = x.to_dtype(work_dtype(dtype))?;
     let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -77,8 +88,17 @@ fn rotate_half(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Rotary embedding, non-interleaved (HF `apply_rotary_pos_emb`): `x·cos + rotate_half(x)·sin`.
-/// `x` is `[b, heads, t, head_dim]`; `cos`/`sin` are `[t, head_dim]`.
+/// `x` is `[b, heads, t, head_dim]`; `cos`/`sin` are `[t, head_dim]`. Fused on the CPU in
+/// f32/f64 ([`fused::rope`]), [`rope_plain`] elsewhere.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if fused::fusable(x) && cos.dtype() == x.dtype() && sin.dtype() == x.dtype() {
+        return fused::rope(x, cos, sin);
+    }
+    rope_plain(x, cos, sin)
+}
+
+/// [`rope`] from core ops only (the fused op's reference).
+pub fn rope_plain(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let cos = cos.to_dtype(x.dtype())?;
     let sin = sin.to_dtype(x.dtype())?;
     x.broadcast_mul(&cos)?.add(&rotate_half(x)?.broadcast_mul(&sin)?)
@@ -100,13 +120,37 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&s)
 }
 
-/// Causal attention probabilities: `softmax(scores + mask)` computed in f32 and cast back to
-/// the scores' dtype (HF eager attention). `scores` is `[b, h, t, t]`, `mask` `[t, t]` f32.
-pub fn causal_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
+/// Causal attention probabilities `softmax(scores · scale + mask)` (HF eager attention: the
+/// scaled scores in the model dtype, the softmax in f32, cast back). `scores` is `[b, h, t, t]`,
+/// `mask` `[t, t]` f32 (only the plain path reads it: the fused one masks by position). Fused
+/// on the CPU in f32/f64 ([`fused::causal_softmax`]), [`causal_softmax_plain`] elsewhere.
+pub fn causal_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    if fused::fusable(scores) {
+        return fused::causal_softmax(scores, scale);
+    }
+    causal_softmax_plain(scores, mask, scale)
+}
+
+/// [`causal_softmax`] from core ops only (the fused op's reference).
+pub fn causal_softmax_plain(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     let dtype = scores.dtype();
     let wd = work_dtype(dtype);
-    let s = scores.to_dtype(wd)?.broadcast_add(&mask.to_dtype(wd)?)?;
+    let s = (scores * scale)?.to_dtype(wd)?.broadcast_add(&mask.to_dtype(wd)?)?;
     softmax_last(&s)?.to_dtype(dtype)
+}
+
+/// The SwiGLU product `silu(gate) · up`: fused on the CPU in f32/f64 ([`fused::swiglu`]),
+/// [`swiglu_plain`] elsewhere.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused::fusable(gate) && up.dtype() == gate.dtype() {
+        return fused::swiglu(gate, up);
+    }
+    swiglu_plain(gate, up)
+}
+
+/// [`swiglu`] from core ops only (the fused op's reference).
+pub fn swiglu_plain(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.silu()? * up
 }
 
 /// Per-row `logsumexp(logits) - logits[target]`, summed over rows, in f32. `logits` is
@@ -164,16 +208,37 @@ fn ce_inputs<'a, T>(x: &'a [T], l1: &Layout, t: &'a CpuStorage, l2: &Layout) -> 
     Ok((&x[a..b], &t[c..d], v))
 }
 
+/// `Σ f(z − m)` over `row`, accumulated in f64 over eight lanes: the `f` of a block of eight is
+/// computed apart from the (serial) f64 adds, so that it vectorises.
+#[inline(always)]
+fn exp_sum_f64<T: Copy + Default + std::ops::Sub<Output = T>>(row: &[T], m: T, f: impl Fn(T) -> T) -> f64
+where
+    f64: From<T>,
+{
+    let mut acc = [0f64; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        let mut e = [T::default(); 8];
+        for k in 0..8 {
+            e[k] = f(c[k] - m);
+        }
+        for k in 0..8 {
+            acc[k] += f64::from(e[k]);
+        }
+    }
+    chunks.remainder().iter().fold(acc.iter().sum(), |s, &z| s + f64::from(f(z - m)))
+}
+
 /// Stamps the f32 and f64 kernels: per-row (max, logsumexp) and the gradient rows.
 macro_rules! ce_kernels {
-    ($fwd:ident, $bwd:ident, $t:ty) => {
+    ($fwd:ident, $bwd:ident, $t:ty, $exp:path) => {
         /// Σ_rows logsumexp(row) − row[target].
         fn $fwd(x: &[$t], t: &[u32], v: usize) -> f64 {
             x.chunks_exact(v)
                 .zip(t)
                 .map(|(row, &k)| {
                     let m = row.iter().copied().fold(<$t>::NEG_INFINITY, <$t>::max);
-                    let s: f64 = row.iter().map(|&z| f64::from((z - m).exp())).sum();
+                    let s = exp_sum_f64(row, m, |z| $exp(z));
                     f64::from(m) + s.ln() - f64::from(row[k as usize])
                 })
                 .sum()
@@ -184,12 +249,10 @@ macro_rules! ce_kernels {
             let mut out = vec![0 as $t; x.len()];
             for ((row, o), &k) in x.chunks_exact(v).zip(out.chunks_exact_mut(v)).zip(t) {
                 let m = row.iter().copied().fold(<$t>::NEG_INFINITY, <$t>::max);
-                let mut s = 0f64;
                 for (o, &z) in o.iter_mut().zip(row) {
-                    let e = (z - m).exp();
-                    *o = e;
-                    s += f64::from(e);
+                    *o = $exp(z - m);
                 }
+                let s = exp_sum_f64(o, 0 as $t, |e| e);
                 let c = (scale / s) as $t;
                 o.iter_mut().for_each(|e| *e *= c);
                 o[k as usize] -= scale as $t;
@@ -198,8 +261,8 @@ macro_rules! ce_kernels {
         }
     };
 }
-ce_kernels!(ce_fwd_f32, ce_bwd_f32, f32);
-ce_kernels!(ce_fwd_f64, ce_bwd_f64, f64);
+ce_kernels!(ce_fwd_f32, ce_bwd_f32, f32, fused::fast_exp);
+ce_kernels!(ce_fwd_f64, ce_bwd_f64, f64, f64::exp);
 
 impl CustomOp2 for FusedCrossEntropySum {
     fn name(&self) -> &'static str {
@@ -314,9 +377,12 @@ pub(crate) mod tests {
         let x = Var::from_tensor(&rand_f64(&[2, 3, 8], 1))?;
         let w = Var::from_tensor(&rand_f64(&[8], 2))?;
         let p = probe(&[2, 3, 8]);
-        let f = || rms_norm(x.as_tensor(), w.as_tensor(), 1e-6)?.mul(&p)?.sum_all();
-        assert!(check_grad(&x, &f)? < 1e-6);
-        assert!(check_grad(&w, &f)? < 1e-6);
+        // Both the fused CPU op and the plain composition it is checked against.
+        for norm in [rms_norm, rms_norm_plain] {
+            let f = || norm(x.as_tensor(), w.as_tensor(), 1e-6)?.mul(&p)?.sum_all();
+            assert!(check_grad(&x, &f)? < 1e-6);
+            assert!(check_grad(&w, &f)? < 1e-6);
+        }
         // The f32 path (the production dtype) agrees with the f64 one: y_i = x_i/rms(x)·w_i.
         let xf = x.as_tensor().to_dtype(DType::F32)?;
         let wf = w.as_tensor().to_dtype(DType::F32)?;
@@ -340,8 +406,10 @@ pub(crate) mod tests {
         let (cos, sin) = tables.narrow(5)?;
         let x = Var::from_tensor(&rand_f64(&[1, 2, 5, 8], 3))?;
         let p = probe(&[1, 2, 5, 8]);
-        let f = || rope(x.as_tensor(), &cos, &sin)?.mul(&p)?.sum_all();
-        assert!(check_grad(&x, &f)? < 1e-6);
+        for rot in [rope, rope_plain] {
+            let f = || rot(x.as_tensor(), &cos, &sin)?.mul(&p)?.sum_all();
+            assert!(check_grad(&x, &f)? < 1e-6);
+        }
         // Position 0 is the identity; every (i, i+d/2) pair keeps its norm (a rotation).
         let y = rope(x.as_tensor(), &cos, &sin)?;
         let d0 = (y.narrow(2, 0, 1)? - x.as_tensor().narrow(2, 0, 1)?)?.abs()?.max_all()?.to_scalar::<f64>()?;
@@ -374,8 +442,13 @@ pub(crate) mod tests {
                 assert_eq!(*v, 0.0);
             }
         }
+        // The scaled production ops, fused and plain, against finite differences.
+        for sm in [causal_softmax, causal_softmax_plain] {
+            let f = || sm(s.as_tensor(), &mask, 0.7)?.mul(&p)?.sum_all();
+            assert!(check_grad(&s, &f)? < 1e-6);
+        }
         // Rows sum to one, and the f32 production op agrees with the f64 one.
-        let prod = causal_softmax(&s.as_tensor().to_dtype(DType::F32)?, &mask.to_dtype(DType::F32)?)?;
+        let prod = causal_softmax(&s.as_tensor().to_dtype(DType::F32)?, &mask.to_dtype(DType::F32)?, 1.0)?;
         let row = prod.sum(D::Minus1)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
         assert!(row.iter().all(|r| (r - 1.0).abs() < 1e-6));
         Ok(())
@@ -427,6 +500,12 @@ pub(crate) mod tests {
         let p = probe(&[3, 4]);
         let f = || x.as_tensor().silu()?.mul(&p)?.sum_all();
         assert!(check_grad(&x, &f)? < 1e-6);
+        let up = Var::from_tensor(&rand_f64(&[3, 4], 7))?;
+        for glu in [swiglu, swiglu_plain] {
+            let f = || glu(x.as_tensor(), up.as_tensor())?.mul(&p)?.sum_all();
+            assert!(check_grad(&x, &f)? < 1e-6);
+            assert!(check_grad(&up, &f)? < 1e-6);
+        }
         Ok(())
     }
 }

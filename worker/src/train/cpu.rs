@@ -1,0 +1,78 @@
+//! CPU threading of candle for training-sized work.
+//!
+//! candle's CPU backend has two thread pools, both sized from the environment:
+//! - matmuls (the `gemm` crate) run on rayon with `RAYON_NUM_THREADS` threads. When that variable
+//!   is unset, candle works the count out again on *every* matmul by reading `/proc/cpuinfo`.
+//! - element-wise ops of ≥ 64k elements run on a spinning barrier pool of `CANDLE_NUM_THREADS − 1`
+//!   workers. These ops are memory-bound, so a second core gains little; but whenever the pool's
+//!   worker is descheduled (another process, or gemm's own threads, on a 2-core machine) the
+//!   calling thread spins at the barrier until it runs again. Measured on 2 cores at load 3, a
+//!   tiny-shape step took 35 ms with the pool and 11 ms without.
+//!
+//! [`configure_threads`] therefore pins `RAYON_NUM_THREADS` to the thread count and sets
+//! `CANDLE_NUM_THREADS=1` (element-wise ops on the calling thread), unless the user set them.
+//!
+//! gemm also splits a single product over threads once it holds more than 48·48·256
+//! multiply-adds. A LoRA step at a small shape is hundreds of products of a few microseconds each
+//! (the LoRA factors, attention per head, a 64-wide hidden): waking the pool costs more than
+//! the second core saves. [`tune`] raises that threshold; the 0.5B/1.5B projections stay far
+//! above it and still use every thread.
+
+use std::sync::Once;
+
+/// Multiply-adds below which a product runs on the calling thread (4·2²⁰; overridable with
+/// `LORASWEEP_GEMM_THREADING_THRESHOLD` for measurement).
+pub const GEMM_THREADING_THRESHOLD: usize = 4 << 20;
+
+/// The thread count [`configure_threads`] settles on: `threads`, else a positive
+/// `RAYON_NUM_THREADS` already in the environment, else the CPUs this process may run on.
+pub fn thread_count(threads: Option<usize>) -> usize {
+    threads
+        .filter(|&n| n > 0)
+        .or_else(|| std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+/// Sets candle's thread environment for training (see the module doc): `RAYON_NUM_THREADS` to
+/// [`thread_count`]`(threads)`, and `CANDLE_NUM_THREADS` to 1 unless already set. Returns the
+/// matmul thread count.
+///
+/// # Safety
+/// It writes environment variables, so it must run before the process starts any other thread
+/// (first thing in `main`, before a tokio runtime exists).
+#[allow(unsafe_code)]
+pub unsafe fn configure_threads(threads: Option<usize>) -> usize {
+    let n = thread_count(threads);
+    // SAFETY: the caller guarantees the process is still single-threaded.
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
+        }
+    }
+    n
+}
+
+/// Applies the matmul threading threshold once per process; later calls do nothing.
+pub fn tune() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let threshold = std::env::var("LORASWEEP_GEMM_THREADING_THRESHOLD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(GEMM_THREADING_THRESHOLD);
+        gemm_common::gemm::set_threading_threshold(threshold);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_count_wins_and_zero_means_unset() {
+        assert_eq!(thread_count(Some(3)), 3);
+        assert!(thread_count(Some(0)) >= 1);
+        assert!(thread_count(None) >= 1);
+    }
+}
