@@ -50,41 +50,73 @@ pub(crate) async fn run(coordinator_url: &str, args: BenchCoordinatorArgs) -> an
     );
     anyhow::ensure!(args.cycles >= 1 && args.cycles <= 10_000, "--cycles must be in 1..=10000 (one sweep's grid)");
     anyhow::ensure!(args.rounds >= 1, "--rounds must be ≥ 1");
-    let shutdown = CancellationToken::new();
     let mut server = None;
-    let mut data_dir: Option<PathBuf> = None;
     let url = if args.external {
         coordinator_url.to_string()
     } else {
+        let synchronous = args.synchronous;
+        let (coordinator, started) = InProcess::start(|config| config.synchronous = synchronous).await?;
+        println!("in-process coordinator, synchronous={:?}, data dir {}", args.synchronous, coordinator.dir.display());
+        report("coordinator start to serving", started, "< 2 s", started < Duration::from_secs(2));
+        let url = coordinator.url.clone();
+        server = Some(coordinator);
+        url
+    };
+    let result = phases(&url, &args).await;
+    if let Some(server) = server {
+        server.stop().await?;
+    }
+    result
+}
+
+/// A coordinator served by this process on a fresh temporary data directory (so the figures
+/// include migrations, WAL and fsync, as in production); the directory is removed on stop.
+#[derive(Debug)]
+pub(crate) struct InProcess {
+    /// Its gRPC URL (`http://127.0.0.1:PORT`).
+    pub(crate) url: String,
+    /// Its data directory.
+    pub(crate) dir: PathBuf,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), lorasweep_coordinator::Error>>,
+}
+
+impl InProcess {
+    /// Starts one with `configure` applied to the default config; returns it and the time until
+    /// it answered an RPC that reads the database (so migrations are included).
+    pub(crate) async fn start(
+        configure: impl FnOnce(&mut lorasweep_coordinator::Config),
+    ) -> anyhow::Result<(Self, Duration)> {
         let dir = std::env::temp_dir().join(format!("lorasweep-bench-{}-{}", std::process::id(), now_nanos()));
         let started = Instant::now();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let mut config = lorasweep_coordinator::Config::new(&dir);
-        config.synchronous = args.synchronous;
-        println!("in-process coordinator, synchronous={:?}, data dir {}", args.synchronous, dir.display());
-        server = Some(tokio::spawn(lorasweep_coordinator::serve(listener, config, shutdown.clone())));
-        // Serving = answering an RPC that reads the database, so migrations are included.
+        configure(&mut config);
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(lorasweep_coordinator::serve(listener, config, shutdown.clone()));
         let mut probe = SweepsClient::new(Channel::from_shared(url.clone())?.connect().await?);
         loop {
             if probe.list_sweeps(pb::ListSweepsRequest {}).await.is_ok() {
                 break;
             }
+            if server.is_finished() {
+                anyhow::bail!("the in-process coordinator stopped before serving");
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        report("coordinator start to serving", started.elapsed(), "< 2 s", started.elapsed() < Duration::from_secs(2));
-        data_dir = Some(dir);
-        url
-    };
-    let result = phases(&url, &args).await;
-    shutdown.cancel();
-    if let Some(server) = server {
-        server.await?.context("coordinator")?;
+        let took = started.elapsed();
+        Ok((Self { url, dir, shutdown, server }, took))
     }
-    if let Some(dir) = data_dir {
-        let _ = std::fs::remove_dir_all(dir);
+
+    /// Shuts it down, waits for it and removes its data directory.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let result = self.server.await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        result?.context("coordinator")?;
+        Ok(())
     }
-    result
 }
 
 async fn phases(url: &str, args: &BenchCoordinatorArgs) -> anyhow::Result<()> {

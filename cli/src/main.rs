@@ -1,7 +1,9 @@
 //! `lorasweep`: the command-line client. Each subcommand lives in its own module; `main` only
 //! parses arguments, sets up tracing and dispatches.
 
+mod bench_checkpoint;
 mod bench_coordinator;
+mod bench_switch;
 mod client;
 mod cmd_adapter;
 mod cmd_bench_train;
@@ -97,6 +99,10 @@ enum BenchCommand {
     Coordinator(bench_coordinator::BenchCoordinatorArgs),
     /// One LoRA training step at a model shape: tokens/s, time split, peak RSS.
     Train(cmd_bench_train::BenchTrainArgs),
+    /// The time a worker needs between two jobs: base model resident vs reloaded.
+    JobSwitch(bench_switch::BenchSwitchArgs),
+    /// Checkpoint size, serialise/upload/download/parse times through a real coordinator.
+    Checkpoint(bench_checkpoint::BenchCheckpointArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -139,6 +145,8 @@ fn main() -> anyhow::Result<()> {
         Command::Worker(args) => rt()?.block_on(cmd_serve::worker(url, &cli.connect, args)),
         Command::Bench { which: BenchCommand::Coordinator(args) } => rt()?.block_on(bench_coordinator::run(url, args)),
         Command::Bench { which: BenchCommand::Train(args) } => cmd_bench_train::run(args),
+        Command::Bench { which: BenchCommand::JobSwitch(args) } => bench_switch::run(args),
+        Command::Bench { which: BenchCommand::Checkpoint(args) } => rt()?.block_on(bench_checkpoint::run(args)),
         Command::Train(args) => cmd_train::run(args),
         Command::Generate(args) => cmd_generate::run(args),
         Command::MakeTinyModel(args) => cmd_tiny::run_model(args),

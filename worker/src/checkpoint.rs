@@ -7,6 +7,8 @@
 //! - Resume: [`ArtifactLink::next_candidate`] (called on the trainer thread) lists the job's
 //!   checkpoints once, then downloads them newest first, checking the SHA-256; a corrupt or
 //!   missing one is reported as a job warning and the next older one is tried.
+//! - [`ArtifactClient`]: the same upload and download paths outside the daemon, for
+//!   `lorasweep bench checkpoint` and tests.
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,7 +18,8 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::{
-    connect::Authed,
+    WorkerError,
+    connect::{Authed, Remote},
     job::{JobControl, StopReason},
     rpc,
 };
@@ -242,5 +245,68 @@ impl ArtifactLink {
     /// Records a warning in the job's events.
     pub(crate) fn warning(&self, message: String) {
         self.runtime.block_on(self.target.warn(message));
+    }
+}
+
+/// Why an [`ArtifactClient`] transfer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The coordinator refused the call or could not be reached (after the daemon's retries).
+    #[error("{}: {}", .0.code(), .0.message())]
+    Rpc(#[from] Status),
+    /// A download failed or its bytes do not match the stored size and SHA-256.
+    #[error("{0}")]
+    Download(String),
+}
+
+/// One job attempt's artifacts, moved exactly as the daemon moves them (chunks of
+/// [`CHUNK_BYTES`] with size and SHA-256, the same retries; downloads checked against the stored
+/// digest), for callers outside the daemon: `lorasweep bench checkpoint` and tests.
+#[derive(Debug, Clone)]
+pub struct ArtifactClient {
+    target: Target,
+}
+
+impl ArtifactClient {
+    /// A client for the attempt `(job_id, attempt)` leased by `worker_id`, on a lazily
+    /// connected channel without a per-call timeout (as the daemon's artifact channel).
+    ///
+    /// # Errors
+    /// [`WorkerError::Endpoint`] for an unusable URL or TLS setup.
+    pub fn new(remote: &Remote, worker_id: &str, job_id: &str, attempt: u32) -> Result<Self, WorkerError> {
+        let client = ArtifactsClient::new(remote.authed(remote.endpoint()?.connect_lazy()));
+        let target = Target {
+            client,
+            worker_id: worker_id.to_string(),
+            job_id: job_id.to_string(),
+            attempt,
+            max_backoff: Duration::from_secs(1),
+        };
+        Ok(Self { target })
+    }
+
+    /// Uploads `bytes` as the attempt's artifact `(kind, step)`.
+    ///
+    /// # Errors
+    /// [`TransferError::Rpc`] when the coordinator refuses it (lease lost, bad digest) or stays
+    /// unreachable.
+    pub async fn upload(&self, kind: pb::ArtifactKind, step: u64, bytes: Vec<u8>) -> Result<(), TransferError> {
+        Ok(self.target.upload(&Upload { kind, step, bytes, after_points: 0 }).await?)
+    }
+
+    /// The job's checkpoint steps, newest first.
+    ///
+    /// # Errors
+    /// [`TransferError::Rpc`].
+    pub async fn checkpoint_steps(&self) -> Result<Vec<u64>, TransferError> {
+        Ok(self.target.checkpoint_steps().await?)
+    }
+
+    /// Downloads the job's artifact `(kind, step)`, checked against its stored size and SHA-256.
+    ///
+    /// # Errors
+    /// [`TransferError::Download`] naming the failed call or the mismatch.
+    pub async fn download(&self, kind: pb::ArtifactKind, step: u64) -> Result<Vec<u8>, TransferError> {
+        self.target.download(kind, step).await.map_err(TransferError::Download)
     }
 }

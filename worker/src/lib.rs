@@ -6,7 +6,8 @@
 //! - [`daemon`]: [`run`], the register → lease → run loop.
 //! - `job`: one attempt: trainer thread, heartbeat, final report.
 //! - `report`: the bounded point channel → client-streaming `ReportPoints` shipper.
-//! - `checkpoint`: checkpoint and adapter transfer to and from the coordinator's artifact store.
+//! - `checkpoint`: checkpoint and adapter transfer to and from the coordinator's artifact store
+//!   ([`ArtifactClient`] exposes it outside the daemon).
 //! - `rpc`: error classes and backoff for coordinator calls.
 //! - [`synthetic`]: a deterministic trainer with study-shaped curves, for tests and demos.
 //! - [`trainer`]: the [`trainer::Trainer`] trait between the async daemon and synchronous training.
@@ -25,6 +26,7 @@ pub mod synthetic;
 pub mod train;
 pub mod trainer;
 
+pub use checkpoint::{ArtifactClient, TransferError};
 pub use config::{Config, TrainerKind, WorkerArgs, WorkerCli};
 pub use connect::{ConnectArgs, Remote};
 pub use daemon::run;

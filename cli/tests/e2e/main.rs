@@ -3,6 +3,7 @@
 //! binary. One integration binary, so the workspace links once.
 
 mod auth;
+mod bench;
 mod chaos;
 mod demo;
 mod faults;

@@ -3,10 +3,12 @@
 //! The trainer keeps the loaded base model (and its tokenizer) resident across jobs while the
 //! model path, dtype and device stay the same, and the packed data while the data path, block
 //! length and model (tokenizer) stay the same: a sweep's 140 jobs differ only in
-//! (init, lr, seed), so only the adapters are re-initialised per job.
+//! (init, lr, seed), so only the adapters are re-initialised per job. [`CandleTrainer::prepare`]
+//! is that between-jobs step on its own, timed ([`PrepTiming`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use candle_core::{DType, Device};
 use lorasweep_common::JobSpec;
@@ -91,26 +93,84 @@ impl CandleTrainer {
         Ok(Self { device: parse_device(device)?, base: None, data: None })
     }
 
-    /// Loads (or reuses) the base model for `job`.
-    fn base(&mut self, job: &JobSpec) -> Result<&Resident, TrainError> {
+    /// Loads (or reuses) the base model for `job`; returns the seconds spent on the tokenizer
+    /// and on the weights, `None` when the resident model was reused.
+    fn base(&mut self, job: &JobSpec) -> Result<Option<(f64, f64)>, TrainError> {
         let dtype = parse_dtype(&job.model.dtype)?;
         let reuse = self.base.as_ref().is_some_and(|b| b.path == job.model.path && b.dtype == dtype);
-        if !reuse {
-            self.base = None; // free the old weights before loading new ones
-            let dir = resolve_model_dir(&job.model.path)?;
-            let tok_path = dir.join("tokenizer.json");
-            if !tok_path.is_file() {
-                return Err(TrainError::Model(format!("missing {}", tok_path.display())));
-            }
-            let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
-                .map_err(|e| TrainError::Model(format!("{}: {e}", tok_path.display())))?;
-            let eos = eos_token_id(&dir, &tokenizer)?;
-            let t0 = std::time::Instant::now();
-            let model = Qwen2Model::load(&dir, dtype, &self.device)?;
-            tracing::info!(path = %dir.display(), ?dtype, eos, seconds = t0.elapsed().as_secs_f64(), "base model loaded");
-            self.base = Some(Resident { path: job.model.path.clone(), dtype, dir, model, tokenizer, eos });
+        if reuse {
+            return Ok(None);
         }
-        self.base.as_ref().ok_or_else(|| TrainError::Model("base model not loaded".into()))
+        self.base = None; // free the old weights before loading new ones
+        let t0 = Instant::now();
+        let dir = resolve_model_dir(&job.model.path)?;
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.is_file() {
+            return Err(TrainError::Model(format!("missing {}", tok_path.display())));
+        }
+        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+            .map_err(|e| TrainError::Model(format!("{}: {e}", tok_path.display())))?;
+        let eos = eos_token_id(&dir, &tokenizer)?;
+        let t1 = Instant::now();
+        let model = Qwen2Model::load(&dir, dtype, &self.device)?;
+        let weights_s = t1.elapsed().as_secs_f64();
+        tracing::info!(path = %dir.display(), ?dtype, eos, seconds = weights_s, "base model loaded");
+        self.base = Some(Resident { path: job.model.path.clone(), dtype, dir, model, tokenizer, eos });
+        Ok(Some(((t1 - t0).as_secs_f64(), weights_s)))
+    }
+
+    /// Everything a job needs before its first step: the base model and packed data (reused
+    /// when the job shares them with the previous one) and fresh adapters (from `job`'s init, or
+    /// `init_from_adapter`). [`CandleTrainer::run_job`] is this plus the training loop; it is
+    /// public so `lorasweep bench job-switch` can time the step between two jobs on its own.
+    ///
+    /// # Errors
+    /// [`TrainError`] naming the missing or malformed model, data or adapter.
+    pub fn prepare(&mut self, job: &JobSpec, init_from_adapter: Option<&Path>) -> Result<Prepared<'_>, TrainError> {
+        let loaded = self.base(job)?;
+        let base = self.base.as_ref().ok_or_else(|| TrainError::Model("base model not loaded".into()))?;
+        let t0 = Instant::now();
+        let key = (job.data.path.clone(), job.data.max_length, job.model.path.clone());
+        let (data, data_reused) = match &self.data {
+            Some((k, d)) if *k == key => (d.clone(), true),
+            _ => {
+                let d = Arc::new(load_packed(&job.data.path, &base.tokenizer, base.eos, job.data.max_length)?);
+                self.data = Some((key, d.clone()));
+                (d, false)
+            }
+        };
+        let data_s = t0.elapsed().as_secs_f64();
+        let cfg = &base.model.cfg;
+        if job.data.max_length > cfg.max_position_embeddings {
+            tracing::warn!(
+                max_length = job.data.max_length,
+                limit = cfg.max_position_embeddings,
+                "blocks exceed the model's max positions"
+            );
+        }
+        let t1 = Instant::now();
+        let adapters = match init_from_adapter {
+            Some(dir) => adapter::load(dir, &job.lora, cfg, &self.device)?,
+            None => Adapters::init(
+                &job.lora,
+                job.init,
+                job.seed,
+                cfg.num_hidden_layers,
+                &|m| cfg.proj_dims(m),
+                &self.device,
+            )?,
+        };
+        // Adapter init may queue device work; the figure should include it.
+        self.device.synchronize()?;
+        let timing = PrepTiming {
+            tokenizer_s: loaded.map_or(0.0, |(t, _)| t),
+            weights_s: loaded.map_or(0.0, |(_, w)| w),
+            base_reused: loaded.is_none(),
+            data_s,
+            data_reused,
+            adapters_s: t1.elapsed().as_secs_f64(),
+        };
+        Ok(Prepared { model: &base.model, model_dir: &base.dir, data, adapters, timing })
     }
 
     /// Runs one job: (re)uses the resident base and data, fresh adapters, the study's loop.
@@ -124,49 +184,60 @@ impl CandleTrainer {
         save_adapter: Option<&Path>,
         progress: &mut dyn Progress,
     ) -> Result<TrainOutcome, TrainError> {
-        self.base(job)?;
-        let base = self.base.as_ref().ok_or_else(|| TrainError::Model("base model not loaded".into()))?;
-        let key = (job.data.path.clone(), job.data.max_length, job.model.path.clone());
-        let data = match &self.data {
-            Some((k, d)) if *k == key => d.clone(),
-            _ => {
-                let d = Arc::new(load_packed(&job.data.path, &base.tokenizer, base.eos, job.data.max_length)?);
-                self.data = Some((key, d.clone()));
-                d
-            }
-        };
-        let cfg = &base.model.cfg;
-        if job.data.max_length > cfg.max_position_embeddings {
-            tracing::warn!(
-                max_length = job.data.max_length,
-                limit = cfg.max_position_embeddings,
-                "blocks exceed the model's max positions"
-            );
-        }
-        let ads = match init_from_adapter {
-            Some(dir) => adapter::load(dir, &job.lora, cfg, &self.device)?,
-            None => Adapters::init(
-                &job.lora,
-                job.init,
-                job.seed,
-                cfg.num_hidden_layers,
-                &|m| cfg.proj_dims(m),
-                &self.device,
-            )?,
-        };
+        let Prepared { model, model_dir, data, adapters: ads, .. } = self.prepare(job, init_from_adapter)?;
         tracing::info!(
-            init = %job.init, lr = job.lr, seed = job.seed, model = %base.dir.display(),
+            init = %job.init, lr = job.lr, seed = job.seed, model = %model_dir.display(),
             train_blocks = data.train.len(), eval_blocks = data.eval.len(), lora_params = ads.num_params(),
             "training"
         );
         let resume = pick_checkpoint(job, &ads, progress);
-        let out = train_loop_from(&base.model, &data, &ads, job, resume.as_ref(), progress)?;
+        let out = train_loop_from(model, &data, &ads, job, resume.as_ref(), progress)?;
         if let Some(dir) = save_adapter {
             adapter::save(dir, &ads, &job.lora, &job.model.path)?;
         }
         progress.final_adapter(super::checkpoint::adapter_artifact(&ads, &job.lora, &job.model.path)?);
         tracing::info!(final_eval_loss = ?out.final_eval_loss, diverged = out.diverged, seconds = out.seconds, "finished");
         Ok(out)
+    }
+}
+
+/// What a job trains with, from [`CandleTrainer::prepare`].
+#[derive(Debug)]
+pub struct Prepared<'a> {
+    /// The resident base model.
+    pub model: &'a Qwen2Model,
+    /// Its directory (resolved from the job's model path).
+    pub model_dir: &'a Path,
+    /// The packed blocks of both splits.
+    pub data: Arc<PackedData>,
+    /// This job's fresh adapters.
+    pub adapters: Adapters,
+    /// Where the preparation spent its time.
+    pub timing: PrepTiming,
+}
+
+/// Where [`CandleTrainer::prepare`] spent its time, and what it could reuse from the previous
+/// job. A reused part costs a comparison only and reports 0 (tokenizer, weights) or the lookup.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PrepTiming {
+    /// Seconds loading `tokenizer.json` and resolving the EOS token.
+    pub tokenizer_s: f64,
+    /// Seconds loading the base weights (mmap, dtype conversion, device copy).
+    pub weights_s: f64,
+    /// The resident base model was reused (no load).
+    pub base_reused: bool,
+    /// Seconds getting the packed data (reading, tokenizing and packing on a miss).
+    pub data_s: f64,
+    /// The cached packed data was reused.
+    pub data_reused: bool,
+    /// Seconds initialising the adapters (or loading `init_from_adapter`).
+    pub adapters_s: f64,
+}
+
+impl PrepTiming {
+    /// The whole preparation, in seconds.
+    pub fn total_s(&self) -> f64 {
+        self.tokenizer_s + self.weights_s + self.data_s + self.adapters_s
     }
 }
 
@@ -198,4 +269,52 @@ impl Trainer for CandleTrainer {
 pub fn train_local(job: &JobSpec, opts: &LocalOpts, progress: &mut dyn Progress) -> Result<TrainOutcome, TrainError> {
     let mut trainer = CandleTrainer::new(if opts.device.is_empty() { "cpu" } else { &opts.device })?;
     trainer.run_job(job, opts.init_from_adapter.as_deref(), opts.save_adapter.as_deref(), progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use lorasweep_common::LoraInit;
+
+    use super::*;
+    use crate::train::tiny::{self, TinyModelConfig};
+
+    /// The next job of a sweep reuses the model and the packed data and gets fresh adapters; a
+    /// different block length repacks the data only, a different dtype reloads the model.
+    #[test]
+    fn prepare_reuses_what_the_previous_job_loaded() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (model, data) = (dir.path().join("model"), dir.path().join("data"));
+        tiny::write_model(&model, &TinyModelConfig { layers: 1, ..TinyModelConfig::default() })?;
+        tiny::write_data(&data, 0, 40, 8)?;
+        let job = |init, seed, max_length, dtype: &str| -> anyhow::Result<JobSpec> {
+            Ok(serde_json::from_value(serde_json::json!({
+                "model": {"path": model.display().to_string(), "dtype": dtype},
+                "data": {"path": data.display().to_string(), "max_length": max_length, "shuffle": true},
+                "lora": {}, "train": {}, "init": init, "lr": 1e-4, "seed": seed
+            }))?)
+        };
+        let a_of = |p: &Prepared<'_>| -> anyhow::Result<Vec<f32>> {
+            Ok(p.adapters.list[0].a.as_tensor().flatten_all()?.to_vec1()?)
+        };
+        let mut trainer = CandleTrainer::new("cpu")?;
+        let first = trainer.prepare(&job(LoraInit::Standard, 0, 64, "f32")?, None)?;
+        let t = first.timing;
+        assert!(!t.base_reused && !t.data_reused && t.weights_s > 0.0 && t.tokenizer_s > 0.0, "{t:?}");
+        let (blocks, a0) = (first.data.train.len(), a_of(&first)?);
+        drop(first);
+
+        let next = trainer.prepare(&job(LoraInit::Standard, 1, 64, "f32")?, None)?;
+        let t = next.timing;
+        assert!(t.base_reused && t.data_reused && t.tokenizer_s == 0.0 && t.weights_s == 0.0, "{t:?}");
+        assert_eq!(next.data.train.len(), blocks);
+        assert_ne!(a_of(&next)?, a0, "another seed, other adapters");
+        drop(next);
+
+        let t = trainer.prepare(&job(LoraInit::Standard, 1, 32, "f32")?, None)?.timing;
+        assert!(t.base_reused && !t.data_reused, "{t:?}");
+        let t = trainer.prepare(&job(LoraInit::Standard, 1, 32, "bf16")?, None)?.timing;
+        // The tokenizer is reloaded with the model; the data key does not include the dtype.
+        assert!(!t.base_reused && t.data_reused, "{t:?}");
+        Ok(())
+    }
 }
