@@ -1,5 +1,5 @@
 //! Fused CPU kernels, each with a fused backward, for the ops a training step repeats per layer:
-//! RMSNorm, RoPE, the causal attention softmax and SwiGLU.
+//! RMSNorm, RoPE, the causal attention softmax, SwiGLU and the LoRA branch.
 //!
 //! Built from core ops (the `*_plain` functions in [`super::ops`]) each of these is 4–10 candle
 //! ops forward and as many again backward, every one a fresh allocation plus, in backward, a
@@ -519,6 +519,82 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
 }
 
+// ---------------------------------------------------------------------------------------------
+// LoRA branch
+// ---------------------------------------------------------------------------------------------
+
+/// The LoRA branch `((x·Aᵀ)·Bᵀ)·scale` of `x` `[n, d_in]`, `A` `[r, d_in]`, `B` `[d_out, r]`
+/// (PEFT: `lora_B(lora_A(x)) * scaling`). As core ops it is five graph nodes, each of whose
+/// gradients candle accumulates into a fresh zero-filled buffer; here it is one node whose
+/// backward returns dx, dA and dB together, computed in the same order as the core ops' backward
+/// (`g·scale` first), so the results are the same bits.
+#[derive(Debug, Clone, Copy)]
+struct LoraBranch {
+    scale: f64,
+}
+
+/// `v *= scale` over a CPU storage.
+fn scale_in_place(s: &mut CpuStorage, scale: f64) -> Result<()> {
+    match s {
+        CpuStorage::F32(v) => v.iter_mut().for_each(|x| *x *= scale as f32),
+        CpuStorage::F64(v) => v.iter_mut().for_each(|x| *x *= scale),
+        other => bail!("fused-lora: unsupported dtype {:?}", other.dtype()),
+    }
+    Ok(())
+}
+
+impl CustomOp3 for LoraBranch {
+    fn name(&self) -> &'static str {
+        "fused-lora"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, d_in) = l1.shape().dims2()?;
+        let (r, a_in) = l2.shape().dims2()?;
+        let (d_out, b_r) = l3.shape().dims2()?;
+        if a_in != d_in || b_r != r {
+            bail!("{}: x {:?}, A {:?}, B {:?}", self.name(), l1.shape(), l2.shape(), l3.shape())
+        }
+        // Products on the storages: no tensor wrappers, no copies.
+        let h = s1.matmul(s2, (1, n, r, d_in), l1, &l2.transpose(0, 1)?)?;
+        let mut y = h.matmul(s3, (1, n, d_out, r), &Layout::contiguous((n, r)), &l3.transpose(0, 1)?)?;
+        scale_in_place(&mut y, self.scale)?;
+        Ok((y, Shape::from((n, d_out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Detached: these products are gradients, not graph nodes.
+        let (x, a, b, g) = (x.detach(), a.detach(), b.detach(), g.detach());
+        let h = x.matmul(&a.t()?)?;
+        let gs = (g * self.scale)?;
+        let db = gs.t()?.matmul(&h)?;
+        let dh = gs.matmul(&b)?;
+        let dx = dh.matmul(&a)?;
+        let da = dh.t()?.matmul(&x)?;
+        Ok((Some(dx), Some(da), Some(db)))
+    }
+}
+
+/// Fused [`LoraBranch`] (`x` `[n, d_in]`, `a` `[r, d_in]`, `b` `[d_out, r]`, one f32/f64 dtype).
+pub fn lora_branch(x: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    x.apply_op3(a, b, LoraBranch { scale })
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Var};
@@ -610,6 +686,23 @@ mod tests {
             })?;
             assert!(dv < tol * 10.0 && dg < tol * 10.0, "swiglu {dtype:?}: {dv:e} {dg:e}");
         }
+        Ok(())
+    }
+
+    /// The fused LoRA branch gives the same values and the same gradient bits as the core ops.
+    #[test]
+    fn fused_lora_branch_matches_core_ops_bit_for_bit() -> anyhow::Result<()> {
+        for dtype in [DType::F32, DType::F64] {
+            let x = var(&[13, 24], 1, dtype, 1.0)?;
+            let a = var(&[4, 24], 2, dtype, 0.3)?;
+            let b = var(&[20, 4], 3, dtype, 0.3)?;
+            let plain = || (x.as_tensor().matmul(&a.as_tensor().t()?)?.matmul(&b.as_tensor().t()?)? * 2.5);
+            let (dv, dg) =
+                compare(&[&x, &a, &b], &|| lora_branch(x.as_tensor(), a.as_tensor(), b.as_tensor(), 2.5), &plain)?;
+            assert!(dv == 0.0 && dg == 0.0, "fused lora {dtype:?}: {dv:e} {dg:e}");
+        }
+        let z = Tensor::zeros((3, 5), DType::F32, &Device::Cpu)?;
+        assert!(lora_branch(&z, &Tensor::zeros((2, 4), DType::F32, &Device::Cpu)?, &z, 1.0).is_err());
         Ok(())
     }
 

@@ -161,8 +161,14 @@ impl Adapters {
         } else {
             (ad.a.as_tensor().detach(), ad.b.as_tensor().detach())
         };
-        let h = x_in.reshape((n, d_in))?.matmul(&a.t()?)?.matmul(&b.t()?)?;
-        let h = cast(&(h * (self.alpha / self.r as f64))?, y.dtype())?;
+        let x2 = x_in.reshape((n, d_in))?;
+        let scale = self.alpha / self.r as f64;
+        let h = if super::fused::fusable(&x2) && a.dtype() == x2.dtype() {
+            super::fused::lora_branch(&x2, &a, &b, scale)?
+        } else {
+            (x2.matmul(&a.t()?)?.matmul(&b.t()?)? * scale)?
+        };
+        let h = cast(&h, y.dtype())?;
         y.add(&h.reshape(y.shape())?)
     }
 }
