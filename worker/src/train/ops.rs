@@ -12,6 +12,8 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, D, DType, Device, Layout, Result, Shape, Tensor};
 
+use rayon::prelude::*;
+
 use super::fused;
 
 /// The dtype reductions run in: f32, or f64 for f64 inputs (f64 is only used by the
@@ -229,25 +231,35 @@ where
     chunks.remainder().iter().fold(acc.iter().sum(), |s, &z| s + f64::from(f(z - m)))
 }
 
+/// Logit elements from which the cross-entropy kernels split rows over rayon's pool (the one
+/// candle's matmuls use): a 0.5B-shape step's 255 × 151,936 logits are well above it, a tiny
+/// model's 255 × 320 well below (there the hand-off would cost more than it saves).
+const CE_PARALLEL_MIN: usize = 1 << 20;
+
 /// Stamps the f32 and f64 kernels: per-row (max, logsumexp) and the gradient rows.
 macro_rules! ce_kernels {
     ($fwd:ident, $bwd:ident, $t:ty, $exp:path) => {
-        /// Σ_rows logsumexp(row) − row[target].
+        /// Σ_rows logsumexp(row) − row[target]. Rows run in parallel at a large vocabulary;
+        /// the per-row losses are then summed in row order, so the result is the same bits at
+        /// any thread count.
         fn $fwd(x: &[$t], t: &[u32], v: usize) -> f64 {
-            x.chunks_exact(v)
-                .zip(t)
-                .map(|(row, &k)| {
-                    let m = row.iter().copied().fold(<$t>::NEG_INFINITY, <$t>::max);
-                    let s = exp_sum_f64(row, m, |z| $exp(z));
-                    f64::from(m) + s.ln() - f64::from(row[k as usize])
-                })
-                .sum()
+            let row_loss = |(row, &k): (&[$t], &u32)| {
+                let m = row.iter().copied().fold(<$t>::NEG_INFINITY, <$t>::max);
+                let s = exp_sum_f64(row, m, |z| $exp(z));
+                f64::from(m) + s.ln() - f64::from(row[k as usize])
+            };
+            if x.len() < CE_PARALLEL_MIN {
+                return x.chunks_exact(v).zip(t).map(row_loss).sum();
+            }
+            let losses: Vec<f64> = x.par_chunks_exact(v).zip(t.par_iter()).map(row_loss).collect();
+            losses.iter().sum()
         }
 
-        /// `scale · (softmax(row) − onehot(target))` for every row.
+        /// `scale · (softmax(row) − onehot(target))` for every row (rows in parallel at a
+        /// large vocabulary; each row is computed alone, so the bits do not depend on it).
         fn $bwd(x: &[$t], t: &[u32], v: usize, scale: f64) -> Vec<$t> {
             let mut out = vec![0 as $t; x.len()];
-            for ((row, o), &k) in x.chunks_exact(v).zip(out.chunks_exact_mut(v)).zip(t) {
+            let grad_row = |((row, o), &k): ((&[$t], &mut [$t]), &u32)| {
                 let m = row.iter().copied().fold(<$t>::NEG_INFINITY, <$t>::max);
                 for (o, &z) in o.iter_mut().zip(row) {
                     *o = $exp(z - m);
@@ -256,6 +268,11 @@ macro_rules! ce_kernels {
                 let c = (scale / s) as $t;
                 o.iter_mut().for_each(|e| *e *= c);
                 o[k as usize] -= scale as $t;
+            };
+            if x.len() < CE_PARALLEL_MIN {
+                x.chunks_exact(v).zip(out.chunks_exact_mut(v)).zip(t).for_each(grad_row);
+            } else {
+                x.par_chunks_exact(v).zip(out.par_chunks_exact_mut(v)).zip(t.par_iter()).for_each(grad_row);
             }
             out
         }
@@ -492,6 +509,25 @@ pub(crate) mod tests {
         }
         assert!(cross_entropy_sum(logits.as_tensor(), &Tensor::new(&[7u32; 7], &Device::Cpu)?).is_err());
         Ok(())
+    }
+
+    /// At a large vocabulary the kernels split rows over threads; the loss and every gradient
+    /// row are still the bits the one-row (serial) kernel gives.
+    #[test]
+    fn parallel_cross_entropy_is_the_serial_bits() {
+        let (n, v) = (37, 40_000);
+        assert!(n * v >= CE_PARALLEL_MIN && v < CE_PARALLEL_MIN);
+        let x: Vec<f32> = rand_f64(&[n * v], 8).to_dtype(DType::F32).and_then(|t| t.to_vec1()).expect("x");
+        let x: Vec<f32> = x.iter().map(|z| z * 9.0).collect();
+        let t: Vec<u32> = (0..n as u32).map(|i| (i * 7919) % v as u32).collect();
+        let whole = ce_fwd_f32(&x, &t, v);
+        let serial = (0..n).fold(0f64, |s, i| s + ce_fwd_f32(&x[i * v..(i + 1) * v], &t[i..=i], v));
+        assert_eq!(whole.to_bits(), serial.to_bits());
+        let g = ce_bwd_f32(&x, &t, v, 0.25);
+        for i in [0, 17, n - 1] {
+            let row = ce_bwd_f32(&x[i * v..(i + 1) * v], &t[i..=i], v, 0.25);
+            assert!(g[i * v..(i + 1) * v].iter().zip(&row).all(|(a, b)| a.to_bits() == b.to_bits()), "row {i}");
+        }
     }
 
     #[test]
