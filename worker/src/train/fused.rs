@@ -696,7 +696,7 @@ mod tests {
             let x = var(&[13, 24], 1, dtype, 1.0)?;
             let a = var(&[4, 24], 2, dtype, 0.3)?;
             let b = var(&[20, 4], 3, dtype, 0.3)?;
-            let plain = || (x.as_tensor().matmul(&a.as_tensor().t()?)?.matmul(&b.as_tensor().t()?)? * 2.5);
+            let plain = || x.as_tensor().matmul(&a.as_tensor().t()?)?.matmul(&b.as_tensor().t()?)? * 2.5;
             let (dv, dg) =
                 compare(&[&x, &a, &b], &|| lora_branch(x.as_tensor(), a.as_tensor(), b.as_tensor(), 2.5), &plain)?;
             assert!(dv == 0.0 && dg == 0.0, "fused lora {dtype:?}: {dv:e} {dg:e}");
