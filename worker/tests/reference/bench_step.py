@@ -5,10 +5,13 @@
 Random weights at a Qwen2 shape, LoRA r=8 / alpha 16 on q,k,v,o, torch.optim.AdamW, random
 tokens; one step = forward (HF causal-LM loss) + backward + optimizer step + zero_grad.
 Prints a human line and a JSON line: median step time over the timed steps (after --warmup
-untimed ones), tokens/s at the median, and peak RSS.
+untimed ones), tokens/s at the median, and peak RSS; on CUDA also the peak of
+torch.cuda.max_memory_allocated (what PyTorch's allocator handed out, not the whole process's
+GPU memory: nvidia-smi adds the CUDA context and the allocator's cache).
 
   python3 worker/tests/reference/bench_step.py --bench --shape tiny
   python3 worker/tests/reference/bench_step.py --bench --shape 0.5b --layers 4 --seq 256 --batch 1 --threads 2
+  python3 worker/tests/reference/bench_step.py --bench --shape 1.5b --seq 1024 --batch 4 --dtype bf16 --device cuda
 """
 
 import argparse
@@ -46,7 +49,7 @@ def main():
     ap.add_argument("--steps", type=int, default=3, help="timed steps (defaults match lorasweep bench train)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32", help="base weight dtype (LoRA stays f32)")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--attn", choices=["eager", "sdpa"], default="sdpa")
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3, help="AdamW lr (lorasweep bench train uses 1e-3)")
@@ -67,7 +70,16 @@ def main():
                          max_position_embeddings=max(4096, args.seq))
     config._attn_implementation = args.attn
     dtype = torch.float32 if args.dtype == "f32" else torch.bfloat16
-    model = Qwen2ForCausalLM(config).to(dtype).to(args.device)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        if not torch.cuda.is_available():
+            sys.exit(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
+        # Built on the GPU so that HF's random init of 1.5B parameters does not run on the host's
+        # threads first (the weights then differ from a CPU run's; only the timing is compared).
+        with torch.device(args.device):
+            model = Qwen2ForCausalLM(config).to(dtype)
+    else:
+        model = Qwen2ForCausalLM(config).to(dtype).to(args.device)
     model = get_peft_model(model, LoraConfig(r=args.r, lora_alpha=2 * args.r, lora_dropout=0.0,
                                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                                              task_type="CAUSAL_LM"))
@@ -81,8 +93,12 @@ def main():
     ids = torch.randint(0, shape["vocab_size"], (args.batch, args.seq), generator=gen).to(args.device)
 
     def sync():
-        if args.device.startswith("cuda"):
+        if cuda:
             torch.cuda.synchronize()
+
+    if cuda:
+        sync()
+        torch.cuda.reset_peak_memory_stats(args.device)
 
     times, fwd, bwd, opt_s, losses = [], [], [], [], []
     for i in range(args.warmup + args.steps):
@@ -118,9 +134,15 @@ def main():
         "optimizer_s": statistics.median(opt_s), "tokens_per_step": tokens,
         "tokens_per_s": tokens / med, "steps_s": times, "peak_rss_mib": peak_rss_mib(), "losses": losses,
     }
+    gpu = ""
+    if cuda:
+        # Weights, LoRA, AdamW state, activations and the logits: everything the steps held at once.
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated(args.device) / 2**20
+        result["gpu"] = torch.cuda.get_device_name(args.device)
+        gpu = f", peak GPU {result['peak_gpu_mib']:.0f} MiB allocated"
     print(f"torch {args.shape} (layers {result['layers']}, {args.batch}x{args.seq}, {args.threads} threads, "
           f"{args.dtype}, {args.attn}): median step {med:.3f} s, {tokens / med:.0f} tokens/s, "
-          f"peak RSS {result['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+          f"peak RSS {result['peak_rss_mib']:.0f} MiB{gpu}", file=sys.stderr)
     print(json.dumps(result))
 
 
