@@ -317,16 +317,7 @@ pub(crate) fn write_shape_model(dir: &Path, shape_name: &str) -> anyhow::Result<
     let cfg = shape(shape_name)?;
     if shape_name == "tiny" {
         // The tiny shape's vocab (512) is too small for Qwen's tokenizer; the generator trains one.
-        let tiny_cfg = TinyModelConfig {
-            vocab: cfg.vocab_size,
-            hidden: cfg.hidden_size,
-            layers: cfg.num_hidden_layers,
-            heads: cfg.num_attention_heads,
-            kv_heads: cfg.num_key_value_heads,
-            intermediate: cfg.intermediate_size,
-            ..TinyModelConfig::default()
-        };
-        tiny::write_model(dir, &tiny_cfg)?;
+        tiny::write_model(dir, &generator_config(&cfg))?;
         return Ok(());
     }
     std::fs::create_dir_all(dir)?;
@@ -361,19 +352,24 @@ fn hf_config(cfg: &Qwen2Config) -> serde_json::Value {
     })
 }
 
-/// Writes `cfg`'s tensors as one bf16 safetensors file, streaming: the 1.5b shape is 3.1 GB,
-/// which the `safetensors` crate would want in memory at once. Values are U(±√3·0.02) from a
-/// splitmix64 stream (norms 1, biases 0); a load-time bench needs the bytes, not a good model.
-fn write_bf16_safetensors(path: &Path, cfg: &Qwen2Config) -> anyhow::Result<()> {
-    let tiny_cfg = TinyModelConfig {
+/// The tiny generator's settings for a bench shape.
+fn generator_config(cfg: &Qwen2Config) -> TinyModelConfig {
+    TinyModelConfig {
+        vocab: cfg.vocab_size,
         hidden: cfg.hidden_size,
         layers: cfg.num_hidden_layers,
         heads: cfg.num_attention_heads,
         kv_heads: cfg.num_key_value_heads,
         intermediate: cfg.intermediate_size,
         ..TinyModelConfig::default()
-    };
-    let tensors = tiny::qwen2_tensor_shapes(cfg.vocab_size, &tiny_cfg);
+    }
+}
+
+/// Writes `cfg`'s tensors as one bf16 safetensors file, streaming: the 1.5b shape is 3.1 GB,
+/// which the `safetensors` crate would want in memory at once. Values are U(±√3·0.02) from a
+/// splitmix64 stream (norms 1, biases 0); a load-time bench needs the bytes, not a good model.
+fn write_bf16_safetensors(path: &Path, cfg: &Qwen2Config) -> anyhow::Result<()> {
+    let tensors = tiny::qwen2_tensor_shapes(cfg.vocab_size, &generator_config(cfg));
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut offset = 0usize;

@@ -46,35 +46,44 @@ fn frozen_fwd<S: BackendStorage>(
     Ok((y, Shape::from((n, d_out))))
 }
 
+impl FrozenMatmul {
+    /// [`frozen_fwd`] with the weight's and bias's storages picked out for the input's device.
+    fn forward_on<S: BackendStorage>(
+        &self,
+        x: &S,
+        xl: &Layout,
+        device: &str,
+        pick: impl Fn(&Storage) -> Option<&S>,
+    ) -> Result<(S, Shape)> {
+        let on_device = |what: &str| candle_core::Error::Msg(format!("frozen-matmul: {what} is not on the {device}"));
+        let (ws, wl) = self.w.storage_and_layout();
+        let w = pick(&ws).ok_or_else(|| on_device("weight"))?;
+        let bias = self.b.as_ref().map(|b| b.storage_and_layout());
+        let b = match &bias {
+            Some((bs, bl)) => Some((pick(bs).ok_or_else(|| on_device("bias"))?, *bl)),
+            None => None,
+        };
+        frozen_fwd(x, xl, w, wl, b)
+    }
+}
+
 impl CustomOp1 for FrozenMatmul {
     fn name(&self) -> &'static str {
         "frozen-matmul"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (ws, wl) = self.w.storage_and_layout();
-        let Storage::Cpu(ws) = &*ws else { candle_core::bail!("frozen-matmul: weight is not on the cpu") };
-        match &self.b {
-            Some(b) => {
-                let (bs, bl) = b.storage_and_layout();
-                let Storage::Cpu(bs) = &*bs else { candle_core::bail!("frozen-matmul: bias is not on the cpu") };
-                frozen_fwd(storage, layout, ws, wl, Some((bs, bl)))
-            }
-            None => frozen_fwd(storage, layout, ws, wl, None),
-        }
+        self.forward_on(storage, layout, "cpu", |s| match s {
+            Storage::Cpu(c) => Some(c),
+            _ => None,
+        })
     }
 
     fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
-        let (ws, wl) = self.w.storage_and_layout();
-        let Storage::Cuda(ws) = &*ws else { candle_core::bail!("frozen-matmul: weight is not on the gpu") };
-        match &self.b {
-            Some(b) => {
-                let (bs, bl) = b.storage_and_layout();
-                let Storage::Cuda(bs) = &*bs else { candle_core::bail!("frozen-matmul: bias is not on the gpu") };
-                frozen_fwd(storage, layout, ws, wl, Some((bs, bl)))
-            }
-            None => frozen_fwd(storage, layout, ws, wl, None),
-        }
+        self.forward_on(storage, layout, "gpu", |s| match s {
+            Storage::Cuda(c) => Some(c),
+            _ => None,
+        })
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
