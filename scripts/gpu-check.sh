@@ -40,15 +40,15 @@
 #   1. here: scripts/build-cuda.sh (≈25 min cold on 2 cores; it holds the cores, so agree on
 #      when with whoever else builds). It leaves target/cuda-dist/{lorasweep,lib/}.
 #   2. here: the tree that travels must stay under 64 MiB, and lib/ is over 500 MB (libcublasLt
-#      alone is 517 MB), so carry a stripped binary only (~35 MB for the CPU build; the CUDA one
-#      is larger, 11 MB of PTX alone per cuda-build.md: check it fits). The H200 image's PyTorch
+#      alone is 517 MB), so carry the binary only: stripped, the CUDA `lorasweep` is 87 MB (measured
+#      2026-11-29), gzip -9 25 MB, so carry it gzipped (the script unpacks a BIN ending in .gz). The H200 image's PyTorch
 #      (cu130, per the device tool's KINDS.md) comes with CUDA 13 wheels of cudart, cuBLAS and
 #      cuRAND; the script looks for the libraries the binary lacks under site-packages/nvidia/*/lib
 #      and the driver's folders (not yet tried there: env.txt shows what ldd resolved):
 #        echo /.gpu/ >> .git/info/exclude; mkdir -p .gpu
-#        strip -o .gpu/lorasweep target/cuda-dist/lorasweep
+#        strip -o .gpu/lorasweep target/cuda-dist/lorasweep && gzip -9 .gpu/lorasweep
 #   3. device run, carry [".gpu"], timeout_s 540:
-#        BIN=.gpu/lorasweep bash scripts/gpu-check.sh
+#        BIN=.gpu/lorasweep.gz bash scripts/gpu-check.sh
 #      (the tool sets $OUT; the 8 files come back). Give the machine back afterwards.
 # On this machine (no GPU), every step's plumbing runs with
 #   BIN=target/release/lorasweep DEVICE=cpu SHAPE=tiny DTYPE=f32 SEQ=64 bash scripts/gpu-check.sh
@@ -64,6 +64,12 @@ root=$(pwd)
 BIN=${BIN:-target/cuda-dist/lorasweep}
 [[ $BIN == /* ]] || BIN=$root/$BIN
 LIBDIR=${LIBDIR:-$(dirname "$BIN")/lib}
+# The stripped CUDA binary is 87 MB, over what the device tool carries (64 MiB); gzip -9 makes it
+# 25 MB. A BIN ending in .gz is unpacked to a temporary file first.
+if [[ $BIN == *.gz ]]; then
+  unpacked=$(mktemp -d)/lorasweep
+  if gzip -dc "$BIN" >"$unpacked" && chmod +x "$unpacked"; then BIN=$unpacked; fi
+fi
 OUT=${OUT:-./gpu-out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 DEVICE=${DEVICE:-cuda}
