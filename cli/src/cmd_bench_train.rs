@@ -60,8 +60,8 @@ pub(crate) fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "shape {} ({} layers), {} {}, {} tokens/step, {} LoRA params",
-        r.shape, r.layers, args.dtype, args.device, r.tokens_per_step, r.lora_params
+        "shape {} ({} layers), {} {}, {} tokens/step, {} LoRA params, {} threads",
+        r.shape, r.layers, args.dtype, args.device, r.tokens_per_step, r.lora_params, r.threads
     );
     println!(
         "median step {:.3} s = forward {:.3} s + backward {:.3} s + optimizer {:.4} s  →  {:.1} tokens/s",

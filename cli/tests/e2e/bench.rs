@@ -61,3 +61,23 @@ fn checkpoint_bench_round_trips_the_bytes() -> anyhow::Result<()> {
     assert!((r["upload_mb_s"].as_f64().expect("rate") - bytes as f64 / 1e6 / upload_s).abs() < 1e-6);
     Ok(())
 }
+
+/// `--threads` reaches candle: the bench reports the thread count its matmuls ran on, and the
+/// step trains (finite, falling loss) at one thread and at two.
+#[test]
+fn bench_train_runs_on_the_threads_asked_for() -> anyhow::Result<()> {
+    for threads in ["1", "2"] {
+        let out = Command::new(BIN)
+            .args(["--threads", threads, "bench", "train", "--shape=tiny", "--layers=1", "--seq=32", "--steps=3"])
+            .args(["--dtype=f32", "--json"])
+            .env_remove("RAYON_NUM_THREADS")
+            .output()?;
+        anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let r: Value = serde_json::from_slice(&out.stdout)?;
+        assert_eq!(r["threads"].as_u64(), threads.parse().ok(), "{r}");
+        let losses: Vec<f64> = r["losses"].as_array().expect("losses").iter().filter_map(Value::as_f64).collect();
+        assert_eq!(losses.len(), 4);
+        assert!(losses.iter().all(|l| l.is_finite()) && losses[3] < losses[0], "{losses:?}");
+    }
+    Ok(())
+}

@@ -128,6 +128,8 @@ pub struct BenchReport {
     pub cpu_s_per_step: Option<f64>,
     /// Peak resident set size in bytes (`VmHWM`), if readable.
     pub peak_rss_bytes: Option<u64>,
+    /// Threads candle's matmuls ran on (`--threads`, see [`super::cpu`]).
+    pub threads: usize,
     /// Losses of every step (warm-up first), as a sanity check that training moves.
     pub losses: Vec<f64>,
 }
@@ -225,6 +227,7 @@ pub fn run_bench(opts: &BenchOpts, dev: &Device) -> Result<BenchReport, TrainErr
         tokens_per_s: n as f64 / step_s,
         cpu_s_per_step,
         peak_rss_bytes: peak_rss_bytes(),
+        threads: candle_core::utils::get_num_threads(),
         losses,
     })
 }
