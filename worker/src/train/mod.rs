@@ -9,6 +9,7 @@
 //! - [`init`]: the study's five LoRA inits; [`rng`]: the seeded streams they draw from.
 //! - [`fused`]: fused CPU kernels with fused backward (RMSNorm, RoPE, causal softmax, SwiGLU).
 //! - [`cpu`]: CPU tuning of candle's matmul threading.
+//! - [`head`]: the lm_head and cross-entropy, chunked over tokens at a large vocabulary.
 //! - [`optim`]: AdamW (torch semantics), gradient accumulation, norm clipping.
 //! - [`schedule`]: linear warmup/decay learning rate.
 //! - [`run`]: the training loop (eval cadence, accumulation, stepping, divergence).
@@ -27,6 +28,7 @@ pub mod data;
 pub mod frozen;
 pub mod fused;
 pub mod generate;
+pub mod head;
 pub mod init;
 pub mod local;
 pub mod lora;

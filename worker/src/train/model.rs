@@ -1,8 +1,8 @@
 //! A trainable Qwen2 causal LM: frozen base weights, logits at every position, no KV cache.
 //!
 //! Modelled on HF transformers `models/qwen2/modeling_qwen2.py` (Qwen2RMSNorm, rotate_half
-//! RoPE, eager attention with GQA `repeat_kv`, SwiGLU MLP, tied `lm_head`) and candle-transformers
-//! `models/qwen2.rs` (weight names, loading). Unlike the latter it uses only ops with a backward
+//! RoPE, eager attention with GQA (K/V heads shared, not repeated), SwiGLU MLP, tied `lm_head`)
+//! and candle-transformers `models/qwen2.rs` (weight names, loading). Unlike the latter it uses only ops with a backward
 //! ([`super::ops`]) and frozen linears without dW ([`super::frozen`]); candle-transformers' model
 //! returns last-position logits, keeps a KV cache and yields zero gradients (candle-notes §1).
 //! LoRA adapters are passed into the forward ([`super::lora::Adapters`]).
@@ -255,8 +255,9 @@ impl Qwen2Model {
         let hidden = self.hidden(ids, ads, dropout)?.narrow(1, 0, t - 1)?;
         let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
         let n = b * (t - 1);
-        let logits = self.lm_head.forward(&hidden.reshape((n, self.cfg.hidden_size))?)?;
-        Ok(((ops::cross_entropy_sum(&logits, &targets)? / n as f64)?, n))
+        let hidden = hidden.reshape((n, self.cfg.hidden_size))?;
+        let sum = super::head::head_loss_sum(&hidden, &self.lm_head, &targets, super::head::chunk_elems())?;
+        Ok(((sum / n as f64)?, n))
     }
 }
 

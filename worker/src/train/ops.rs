@@ -171,6 +171,25 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     logits.apply_op2(&targets, FusedCrossEntropySum)
 }
 
+/// The gradient of [`cross_entropy_sum`] with respect to the logits, `softmax(row) −
+/// onehot(target)`, in the work dtype, without autograd: the fused kernel on the CPU, a softmax
+/// and a scatter-add elsewhere.
+pub fn cross_entropy_grad(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = logits.to_dtype(work_dtype(logits.dtype()))?.contiguous()?;
+    let targets = targets.to_dtype(DType::U32)?.contiguous()?;
+    if logits.device().is_cpu() {
+        return logits.apply_op2_no_bwd(&targets, &FusedCrossEntropyGrad { scale: 1.0 });
+    }
+    cross_entropy_grad_plain(&logits, &targets)
+}
+
+/// [`cross_entropy_grad`] from core ops (any device).
+pub fn cross_entropy_grad_plain(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let p = candle_nn::ops::softmax_last_dim(logits)?;
+    let minus_one = Tensor::full(-1f32, (p.dim(0)?, 1), p.device())?.to_dtype(p.dtype())?;
+    p.scatter_add(&targets.to_dtype(DType::U32)?.unsqueeze(1)?, &minus_one, 1)
+}
+
 /// [`cross_entropy_sum`] from core ops only (any device; the fused op's reference).
 pub fn cross_entropy_sum_plain(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logits = logits.to_dtype(work_dtype(logits.dtype()))?;
@@ -528,6 +547,22 @@ pub(crate) mod tests {
             let row = ce_bwd_f32(&x[i * v..(i + 1) * v], &t[i..=i], v, 0.25);
             assert!(g[i * v..(i + 1) * v].iter().zip(&row).all(|(a, b)| a.to_bits() == b.to_bits()), "row {i}");
         }
+    }
+
+    /// The two ways to get the logits' gradient agree with autograd through the plain op.
+    #[test]
+    fn cross_entropy_grad_matches_autograd() -> anyhow::Result<()> {
+        let logits = Var::from_tensor(&(rand_f64(&[9, 13], 21) * 5.0)?)?;
+        let targets = Tensor::new(&[0u32, 12, 3, 3, 7, 1, 5, 9, 2], &Device::Cpu)?;
+        let auto = cross_entropy_sum_plain(logits.as_tensor(), &targets)?.backward()?;
+        let auto = auto.get(&logits).expect("grad").clone();
+        for g in
+            [cross_entropy_grad(logits.as_tensor(), &targets)?, cross_entropy_grad_plain(logits.as_tensor(), &targets)?]
+        {
+            let diff = (g - &auto)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+            assert!(diff < 1e-12, "{diff:e}");
+        }
+        Ok(())
     }
 
     #[test]
