@@ -8,17 +8,20 @@ use std::time::Duration;
 
 use lorasweep_common::{JobSpec, LossPoint, Series, SweepSpec};
 use lorasweep_proto::pb;
+use lorasweep_proto::pb::artifacts_client::ArtifactsClient;
 use lorasweep_worker::train::CandleTrainer;
 use lorasweep_worker::trainer::Progress;
 
 use crate::helpers::{self, Proc, await_condition, await_sweep_done, clients, fixture, start_coordinator_process};
 
-/// 5 inits × 7 lrs = 35 jobs of one epoch (22 optimizer steps) each, a checkpoint every 5.
+/// 5 inits × 7 lrs = 35 jobs of three epochs (66 optimizer steps) each, a checkpoint every 5.
+/// One epoch used to be enough, but the trainer got fast enough that a job often finished
+/// between the moment the test saw it past a checkpoint and the kill.
 fn sweep_toml() -> String {
     format!(
         "[model]\npath = {:?}\ndtype = \"f32\"\n[data]\npath = {:?}\nmax_length = 64\nshuffle = true\n\
          [lora]\nr = 4\nalpha = 8.0\ndropout = 0.1\ntargets = [\"q_proj\", \"v_proj\"]\n\
-         [train]\nmicro_batch = 2\ngrad_accum = 2\nepochs = 1\neval_every = 8\ncheckpoint_every = 5\n\
+         [train]\nmicro_batch = 2\ngrad_accum = 2\nepochs = 3\neval_every = 8\ncheckpoint_every = 5\n\
          divergence_threshold = 100.0\n[grid]\n\
          inits = [\"standard\", \"reversed\", \"ortho-eye\", \"ortho-qr-const\", \"ortho-qr-match\"]\n\
          lrs = [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2]\nseeds = [11]\n",
@@ -89,8 +92,9 @@ async fn workers_and_the_coordinator_killed_mid_sweep_lose_and_change_nothing() 
 
     let mut workers: Vec<Proc> = (0..3).map(|n| worker(&url, n, 0, dir.path())).collect::<anyhow::Result<_>>()?;
     let mut lives = [0usize; 3];
-    // Four times, kill the live worker of a running job that is past its first checkpoint (so
-    // every kill lands mid-job) and start a new one in its place; once, kill the coordinator.
+    // Four times, kill the live worker of a running job that is past its first checkpoint and
+    // well short of its last step (so every kill lands mid-job) and start a new one in its place;
+    // once, kill the coordinator.
     let mut kills = 0;
     for round in 0..5 {
         if round == 2 {
@@ -101,8 +105,8 @@ async fn workers_and_the_coordinator_killed_mid_sweep_lose_and_change_nothing() 
             continue;
         }
         let live: Vec<String> = (0..3).map(|n| format!("w{n}-{}", lives[n])).collect();
-        let victim = await_condition("a live worker's job past its first checkpoint", Duration::from_secs(60), || {
-            let (mut s, sweep, live) = (sweeps.clone(), sweep.clone(), live.clone());
+        let victim = await_condition("a live worker's job with a stored checkpoint", Duration::from_secs(60), || {
+            let (mut s, sweep, live, url) = (sweeps.clone(), sweep.clone(), live.clone(), url.clone());
             async move {
                 let names: HashMap<String, String> = s
                     .list_workers(pb::ListWorkersRequest {})
@@ -113,11 +117,25 @@ async fn workers_and_the_coordinator_killed_mid_sweep_lose_and_change_nothing() 
                     .map(|w| (w.id, w.name))
                     .collect();
                 let jobs = helpers::jobs(&mut s, &sweep).await?;
-                Ok(jobs.iter().find_map(|j| {
-                    let name = names.get(&j.worker)?;
-                    let slot = live.iter().position(|l| l == name)?;
-                    (j.state == pb::JobState::Running as i32 && j.step >= 6).then_some(slot)
-                }))
+                let mut artifacts = ArtifactsClient::connect(url).await?;
+                for j in jobs.iter().filter(|j| j.state == pb::JobState::Running as i32 && j.step <= 45) {
+                    let Some(slot) = names.get(&j.worker).and_then(|name| live.iter().position(|l| l == name)) else {
+                        continue;
+                    };
+                    // A checkpoint is uploaded after its points are acknowledged, so the job's
+                    // step alone does not say one is stored yet.
+                    let listed = artifacts
+                        .list_artifacts(pb::ListArtifactsRequest {
+                            job_id: j.id.clone(),
+                            kind: pb::ArtifactKind::Checkpoint as i32,
+                        })
+                        .await?
+                        .into_inner();
+                    if !listed.artifacts.is_empty() {
+                        return Ok(Some(slot));
+                    }
+                }
+                Ok(None)
             }
         })
         .await;
