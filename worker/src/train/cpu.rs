@@ -39,7 +39,8 @@ pub fn thread_count(threads: Option<usize>) -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
-/// mimalloc's `mi_option_purge_delay` (its position in `mi_option_t`, mimalloc v3).
+/// mimalloc's `mi_option_purge_delay`: its position in `mi_option_t`, the same in mimalloc v2 and
+/// v3 (`libmimalloc-sys` exports no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Sets the process up for training (see the module doc): `RAYON_NUM_THREADS` to
