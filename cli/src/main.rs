@@ -20,6 +20,7 @@ mod output;
 mod plot;
 mod results;
 mod results_render;
+mod shape_model;
 
 use clap::{Parser, Subcommand};
 

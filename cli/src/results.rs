@@ -137,10 +137,10 @@ fn cell<'a>(init: LoraInit, lr: f64, jobs: impl Iterator<Item = &'a JobResult>) 
             JobState::Cancelled => cancelled += 1,
             JobState::Queued | JobState::Running => pending += 1,
         }
-        if matches!(j.state, JobState::Succeeded | JobState::Diverged) {
-            if let Some(v) = j.final_eval_loss {
-                values.push(v);
-            }
+        if matches!(j.state, JobState::Succeeded | JobState::Diverged)
+            && let Some(v) = j.final_eval_loss
+        {
+            values.push(v);
         }
     }
     let n = values.len();
