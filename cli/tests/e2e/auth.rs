@@ -2,13 +2,11 @@
 //! worker token, the CLI with `--token-file`/`LORASWEEP_TOKEN`, and a missing token is refused
 //! with a message that says how to give one.
 
-use std::time::Duration;
-
 use lorasweep_coordinator::auth::{Secret, Tokens};
-use lorasweep_worker::{ConnectArgs, TrainerKind, WorkerArgs};
+use lorasweep_worker::ConnectArgs;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{self, await_condition, cli, cli_ok};
+use crate::helpers::{self, cli, cli_ok};
 
 const ADMIN: &str = "admin-0123456789abcdef";
 const WORKER: &str = "worker-0123456789abcdef";
@@ -49,28 +47,10 @@ async fn token_protected_coordinator_serves_clients_that_send_their_token() -> a
     let sweep = cli_ok(&url, &["--token-file", admin_path, "submit", sweep_path]).await?.trim().to_string();
 
     // A worker with the worker token runs it.
-    let args = WorkerArgs {
-        name: Some("authed".into()),
-        device: "cpu".into(),
-        trainer: TrainerKind::Synthetic,
-        synthetic_step_ms: 1,
-        max_backoff_ms: 100,
-    };
     let connect = ConnectArgs { token: Some(WORKER.into()), ..Default::default() };
-    let worker_config = lorasweep_worker::Config::new(&url, args)?.with_connect(&connect)?;
-    let worker_stop = CancellationToken::new();
-    let worker = tokio::spawn(lorasweep_worker::run(worker_config, worker_stop.clone()));
-    await_condition("the job to finish", Duration::from_secs(20), || {
-        let (sweep, url) = (sweep.clone(), url.clone());
-        async move {
-            let out = cli_ok(&url, &["--token-file", worker_path, "status", &sweep, "--json"]).await?;
-            let v: serde_json::Value = serde_json::from_str(&out)?;
-            Ok((v["counts"]["succeeded"] == 1).then_some(()))
-        }
-    })
-    .await?;
-    worker_stop.cancel();
-    worker.await??;
+    let worker = helpers::spawn_worker_with(&url, "authed", 1, &connect)?;
+    helpers::await_succeeded_via_cli(&url, &["--token-file", worker_path], &sweep, 1).await?;
+    worker.stop().await?;
     stop.cancel();
     server.await??;
     Ok(())

@@ -102,6 +102,16 @@ pub(crate) struct InProcessWorker {
 
 /// Starts a synthetic worker named `name` with `step_ms` per optimizer step.
 pub(crate) fn spawn_worker(url: &str, name: &str, step_ms: u64) -> anyhow::Result<InProcessWorker> {
+    spawn_worker_with(url, name, step_ms, &lorasweep_worker::ConnectArgs::default())
+}
+
+/// [`spawn_worker`] with a token and/or TLS CA.
+pub(crate) fn spawn_worker_with(
+    url: &str,
+    name: &str,
+    step_ms: u64,
+    connect: &lorasweep_worker::ConnectArgs,
+) -> anyhow::Result<InProcessWorker> {
     let args = lorasweep_worker::WorkerArgs {
         name: Some(name.into()),
         device: "cpu".into(),
@@ -109,7 +119,7 @@ pub(crate) fn spawn_worker(url: &str, name: &str, step_ms: u64) -> anyhow::Resul
         synthetic_step_ms: step_ms,
         max_backoff_ms: 200,
     };
-    let config = lorasweep_worker::Config::new(url, args)?;
+    let config = lorasweep_worker::Config::new(url, args)?.with_connect(connect)?;
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(lorasweep_worker::run(config, shutdown.clone()));
     Ok(InProcessWorker { shutdown, handle })
@@ -257,4 +267,14 @@ pub(crate) fn expected_eval_steps(steps: u64) -> Vec<u64> {
 /// The path of a worker test fixture (`worker/tests/fixtures/NAME`), as a string for sweep files.
 pub(crate) fn fixture(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../worker/tests/fixtures").join(name).display().to_string()
+}
+
+/// Polls `lorasweep [flags] status SWEEP --json` until the sweep counts `n` succeeded jobs.
+pub(crate) async fn await_succeeded_via_cli(url: &str, flags: &[&str], sweep: &str, n: u64) -> anyhow::Result<()> {
+    await_condition("the jobs to succeed (seen through the CLI)", Duration::from_secs(20), || async move {
+        let args: Vec<&str> = flags.iter().copied().chain(["status", sweep, "--json"]).collect();
+        let v: serde_json::Value = serde_json::from_str(&cli_ok(url, &args).await?)?;
+        Ok((v["counts"]["succeeded"] == n).then_some(()))
+    })
+    .await
 }

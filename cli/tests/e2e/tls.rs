@@ -1,14 +1,12 @@
 //! TLS end to end: a CA made in the test signs the coordinator's certificate; a worker and the
 //! CLI given that CA (`--tls-ca`) work over `https://`, the CLI without it is told to give one.
 
-use std::time::Duration;
-
 use lorasweep_coordinator::TlsIdentity;
-use lorasweep_worker::{ConnectArgs, TrainerKind, WorkerArgs};
+use lorasweep_worker::ConnectArgs;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{self, await_condition, cli, cli_ok};
+use crate::helpers::{self, cli, cli_ok};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_and_cli_talk_to_a_tls_coordinator_with_the_ca() -> anyhow::Result<()> {
@@ -47,30 +45,10 @@ async fn worker_and_cli_talk_to_a_tls_coordinator_with_the_ca() -> anyhow::Resul
     let sweep =
         cli_ok(&url, &["--tls-ca", ca_path, "submit", sweep_file.to_str().expect("utf-8")]).await?.trim().to_string();
 
-    let args = WorkerArgs {
-        name: Some("tls".into()),
-        device: "cpu".into(),
-        trainer: TrainerKind::Synthetic,
-        synthetic_step_ms: 1,
-        max_backoff_ms: 100,
-    };
     let connect = ConnectArgs { tls_ca: Some(ca_file.clone()), ..Default::default() };
-    let worker_stop = CancellationToken::new();
-    let worker = tokio::spawn(lorasweep_worker::run(
-        lorasweep_worker::Config::new(&url, args)?.with_connect(&connect)?,
-        worker_stop.clone(),
-    ));
-    await_condition("the job to finish over TLS", Duration::from_secs(20), || {
-        let (sweep, url) = (sweep.clone(), url.clone());
-        async move {
-            let out = cli_ok(&url, &["--tls-ca", ca_path, "status", &sweep, "--json"]).await?;
-            let v: serde_json::Value = serde_json::from_str(&out)?;
-            Ok((v["counts"]["succeeded"] == 1).then_some(()))
-        }
-    })
-    .await?;
-    worker_stop.cancel();
-    worker.await??;
+    let worker = helpers::spawn_worker_with(&url, "tls", 1, &connect)?;
+    helpers::await_succeeded_via_cli(&url, &["--tls-ca", ca_path], &sweep, 1).await?;
+    worker.stop().await?;
     stop.cancel();
     server.await??;
     Ok(())
