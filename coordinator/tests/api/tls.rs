@@ -66,25 +66,11 @@ async fn tls_with_a_test_made_ca_works_and_refuses_strangers() -> anyhow::Result
     // A client trusting another CA fails the handshake.
     let stranger = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&other_ca_pem)).domain_name("localhost");
     let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{}", addr.port()))?.tls_config(stranger)?;
-    let wrong_ca = match connect(endpoint).await {
-        Err(e) => Err(e.to_string()),
-        Ok(channel) => SweepsClient::new(channel)
-            .list_sweeps(authed(pb::ListSweepsRequest {}, Some(ADMIN)))
-            .await
-            .map(|_| ())
-            .map_err(|s| s.to_string()),
-    };
+    let wrong_ca = list_sweeps_via(endpoint).await;
     assert!(wrong_ca.is_err(), "a certificate from an unknown CA was trusted");
 
     // Plaintext HTTP/2 against the TLS port gets no answer.
-    let plain = match connect(Endpoint::from_shared(format!("http://{addr}"))?).await {
-        Err(e) => Err(e.to_string()),
-        Ok(channel) => SweepsClient::new(channel)
-            .list_sweeps(authed(pb::ListSweepsRequest {}, Some(ADMIN)))
-            .await
-            .map(|_| ())
-            .map_err(|s| s.to_string()),
-    };
+    let plain = list_sweeps_via(Endpoint::from_shared(format!("http://{addr}"))?).await;
     assert!(plain.is_err(), "a plaintext client was served");
 
     shutdown.cancel();
@@ -102,4 +88,14 @@ async fn an_unusable_tls_identity_is_refused_at_start() -> anyhow::Result<()> {
     let err = serve(listener, config, CancellationToken::new()).await.expect_err("garbage identity accepted");
     assert!(err.to_string().contains("--tls-cert"), "{err}");
     Ok(())
+}
+
+/// Connects through `endpoint` and lists sweeps with the admin token; any failure as text.
+async fn list_sweeps_via(endpoint: Endpoint) -> Result<(), String> {
+    let channel = connect(endpoint).await.map_err(|e| e.to_string())?;
+    SweepsClient::new(channel)
+        .list_sweeps(authed(pb::ListSweepsRequest {}, Some(ADMIN)))
+        .await
+        .map(|_| ())
+        .map_err(|s| s.to_string())
 }

@@ -125,24 +125,8 @@ fn logits_match_candle_transformers_inference_model() -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let ts = random_weights(&cfg, 5)?;
     let ours = Qwen2Model::from_tensors(&cfg, ts.clone(), DType::F32, &dev)?;
-    let ct_cfg = candle_transformers::models::qwen2::Config {
-        vocab_size: cfg.vocab_size,
-        hidden_size: cfg.hidden_size,
-        intermediate_size: cfg.intermediate_size,
-        num_hidden_layers: cfg.num_hidden_layers,
-        num_attention_heads: cfg.num_attention_heads,
-        num_key_value_heads: cfg.num_key_value_heads,
-        max_position_embeddings: cfg.max_position_embeddings,
-        sliding_window: cfg.max_position_embeddings,
-        max_window_layers: cfg.num_hidden_layers,
-        tie_word_embeddings: true,
-        rope_theta: cfg.rope_theta,
-        rms_norm_eps: cfg.rms_norm_eps,
-        use_sliding_window: false,
-        hidden_act: candle_nn::Activation::Silu,
-    };
-    let vb = candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev);
-    let mut reference = candle_transformers::models::qwen2::ModelForCausalLM::new(&ct_cfg, vb)?;
+    // The inference model `lorasweep generate` uses: candle-transformers' qwen2 on the same weights.
+    let mut reference = crate::train::generate::inference_model(&cfg, ts, DType::F32, &dev)?;
     let x = ids(1, 9, 32, &dev);
     let want = reference.forward(&x, 0)?.flatten_all()?;
     let got = ours.logits(&x, None, None)?.get(0)?.get(8)?;
