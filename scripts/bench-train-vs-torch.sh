@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Candle (`lorasweep bench train`) against PyTorch (transformers + PEFT,
-# worker/tests/reference/bench_step.py) on the same LoRA training step, alternating the two
+# train/tests/reference/bench_step.py) on the same LoRA training step, alternating the two
 # implementations so that machine load hits both alike.
 #
 # Both sides: random f32 weights, LoRA r=8 / alpha 16 on q,k,v,o (dropout 0), random tokens,
@@ -31,7 +31,7 @@ PYTHON=${PYTHON:-python3}
 if (( STEPS < 5 )); then echo "STEPS must be >= 5 (median over at least 5 timed steps)" >&2; exit 2; fi
 if [[ $BUILD == 1 ]]; then cargo build --release --bin lorasweep >&2; fi
 "$PYTHON" -c "import torch, transformers, peft" || {
-  echo "needs torch, transformers, peft: pip install -r worker/tests/reference/requirements.txt" >&2; exit 2; }
+  echo "needs torch, transformers, peft: pip install -r train/tests/reference/requirements.txt" >&2; exit 2; }
 
 export RAYON_NUM_THREADS=$THREADS CANDLE_NUM_THREADS=$THREADS
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
@@ -53,7 +53,7 @@ for round in $(seq 1 "$ROUNDS"); do
         "$BIN" bench train --shape "$shape" "${larg[@]}" --seq "$SEQ" --batch "$BATCH" \
           --steps "$STEPS" --dtype f32 --r 8 --targets q_proj,k_proj,v_proj,o_proj --json >"$f"
       else
-        "$PYTHON" worker/tests/reference/bench_step.py --bench --shape "$shape" "${larg[@]}" \
+        "$PYTHON" train/tests/reference/bench_step.py --bench --shape "$shape" "${larg[@]}" \
           --seq "$SEQ" --batch "$BATCH" --threads "$THREADS" --steps "$STEPS" --warmup 1 \
           --dtype f32 --r 8 --lr 1e-3 --clip 1.0 2>/dev/null | tail -n 1 >"$f"
       fi

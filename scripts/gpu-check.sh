@@ -12,7 +12,7 @@
 #      (the study's micro-batch; batch 1 if that fails): tokens/s, step split, peak GPU memory
 #      (the bench knows only RSS, so nvidia-smi is sampled every 200 ms: peak minus the idle
 #      reading before the run, so it includes the CUDA context and whatever the allocator keeps) and MFU.
-#   3. The same step in PyTorch + PEFT (worker/tests/reference/bench_step.py --device cuda, bf16
+#   3. The same step in PyTorch + PEFT (train/tests/reference/bench_step.py --device cuda, bf16
 #      autocast, SDPA attention), with torch.cuda.max_memory_allocated. Needs torch, transformers
 #      and peft in $PYTHON; checked first, and skipped with a note when missing.
 #   4. Exact resume on the GPU, with the CLI alone (no local stop/resume flag exists, so the
@@ -247,7 +247,7 @@ t_tps="" t_step="" t_mem=n/a t_mfu=n/a tbatch=""
 run_torch() {
   local b=$1 t=$2
   echo "### bench_step.py --shape $SHAPE --seq $SEQ --batch $b --dtype $DTYPE --device $tdev (timeout ${t}s)" >>"$torch_log"
-  timeout "$t" "$PYTHON" worker/tests/reference/bench_step.py --bench --shape "$SHAPE" --seq "$SEQ" \
+  timeout "$t" "$PYTHON" train/tests/reference/bench_step.py --bench --shape "$SHAPE" --seq "$SEQ" \
     --batch "$b" --steps "$STEPS" --warmup 1 --dtype "$DTYPE" --device "$tdev" --threads "$(nproc)" \
     --r 8 --lr 1e-3 --clip 1.0 >"$scratch/torch.json" 2>>"$torch_log"
   local rc=$?
@@ -302,10 +302,10 @@ resume_check() {
   # every 10 steps, dropout on (its mask stream must resume too).
   cat >"$d/sweep.toml" <<EOF
 [model]
-path = "$root/worker/tests/fixtures/tiny-qwen2"
+path = "$root/train/tests/fixtures/tiny-qwen2"
 dtype = "f32"
 [data]
-path = "$root/worker/tests/fixtures/tiny-data"
+path = "$root/train/tests/fixtures/tiny-data"
 max_length = 64
 shuffle = true
 [lora]

@@ -1,6 +1,6 @@
 //! `lorasweep bench checkpoint`: size and transfer times of one training checkpoint at a model
 //! shape (default Qwen2.5-1.5B, r=8 on q/k/v/o), through the worker's own upload and download
-//! paths ([`ArtifactClient`]) to a real coordinator served in this process.
+//! paths ([`ArtifactTransfer`]) to a real coordinator served in this process.
 //!
 //! A separate command rather than a phase of `bench coordinator`: that bench simulates workers
 //! without a trainer, while this one needs the trainer's adapters, AdamW moments and checkpoint
@@ -18,18 +18,15 @@ use std::time::Instant;
 use anyhow::Context;
 use lorasweep_common::{JobSpec, LoraInit, job::LoraSpec};
 use lorasweep_proto::pb::{self, sweeps_client::SweepsClient, workers_client::WorkersClient};
-use lorasweep_worker::{
-    ArtifactClient, Remote,
-    train::{
-        bench::shape,
-        checkpoint::{Checkpoint, LoopState},
-        local::parse_device,
-        lora::Adapters,
-        optim::{AdamW, AdamWConfig},
-    },
+use lorasweep_train::{
+    bench::shape,
+    checkpoint::{Checkpoint, LoopState},
+    local::parse_device,
+    lora::Adapters,
+    optim::{AdamW, AdamWConfig},
 };
+use lorasweep_worker::{ArtifactTransfer, Remote, artifacts::sha256_hex};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
 use crate::bench_coordinator::InProcess;
@@ -207,7 +204,7 @@ async fn rounds(
         .into_inner()
         .lease
         .context("the coordinator had no job to lease")?;
-    let client = ArtifactClient::new(&Remote::plain(url), &worker_id, &lease.job_id, lease.attempt)?;
+    let client = ArtifactTransfer::new(&Remote::plain(url), &worker_id, &lease.job_id, lease.attempt)?;
     let mut out = Vec::new();
     let (mut bytes_len, mut up_sha, mut down_sha, mut listed) = (0, String::new(), String::new(), Vec::new());
     for step in 1..=args.rounds as u64 {
@@ -244,10 +241,6 @@ async fn rounds(
         out.push(Round { serialise_s, upload_s, download_s, parse_s });
     }
     Ok((out, bytes_len, up_sha, down_sha, listed))
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

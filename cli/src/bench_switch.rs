@@ -23,7 +23,7 @@ use lorasweep_common::{
     JobSpec, LoraInit,
     job::{DataSpec, LoraSpec, ModelSpec, TrainSpec},
 };
-use lorasweep_worker::train::{
+use lorasweep_train::{
     CandleTrainer,
     bench::peak_rss_bytes,
     local::{PrepTiming, parse_dtype},
@@ -184,7 +184,7 @@ pub(crate) fn measure(args: &BenchSwitchArgs) -> anyhow::Result<SwitchReport> {
             dir
         }
     };
-    let model_dir = lorasweep_worker::train::model::resolve_model_dir(&model)?;
+    let model_dir = lorasweep_train::model::resolve_model_dir(&model)?;
     let cfg = read_config(&model_dir)?;
     let (model_bytes, weights_bytes) = dir_bytes(&model_dir)?;
     let job = |init, lr, seed| JobSpec {

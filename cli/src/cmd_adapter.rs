@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use lorasweep_proto::pb::{self, artifacts_client::ArtifactsClient};
-use sha2::{Digest, Sha256};
+use lorasweep_worker::artifacts::{DownloadError, download_verified};
 
 use crate::client;
 
@@ -33,28 +33,13 @@ pub(crate) async fn run(url: &str, args: AdapterArgs) -> anyhow::Result<()> {
     let Some(meta) = listed.first() else {
         bail!("job {} has no stored adapter: it has not finished (see `lorasweep jobs`), or it failed", args.job);
     };
-    let req = pb::DownloadArtifactRequest {
-        job_id: args.job.clone(),
-        kind: pb::ArtifactKind::Adapter as i32,
-        step: meta.step,
-    };
-    let mut stream = artifacts.download_artifact(req).await.map_err(|s| client::call_error(&what, s))?.into_inner();
-    let mut bytes = Vec::with_capacity(meta.size as usize);
-    while let Some(msg) = stream.message().await.map_err(|s| client::call_error(&what, s))? {
-        if let Some(pb::download_artifact_response::Part::Chunk(c)) = msg.part {
-            bytes.extend_from_slice(&c);
-        }
-    }
-    let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-    if sha != meta.sha256 || bytes.len() as u64 != meta.size {
-        bail!(
-            "{what}: the download is corrupt ({} bytes, sha256 {sha}; stored {} bytes, sha256 {}); try again",
-            bytes.len(),
-            meta.size,
-            meta.sha256
-        );
-    }
-    lorasweep_worker::train::checkpoint::write_adapter_dir(&bytes, &args.out)
+    let bytes = download_verified(&mut artifacts, &args.job, pb::ArtifactKind::Adapter, meta.step).await.map_err(
+        |e| match e {
+            DownloadError::Rpc(status) => client::call_error(&what, status),
+            corrupt => anyhow::anyhow!("{what}: {corrupt}; try again"),
+        },
+    )?;
+    lorasweep_train::checkpoint::write_adapter_dir(&bytes, &args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
     println!("{}", args.out.display());
     Ok(())

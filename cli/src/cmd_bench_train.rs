@@ -1,11 +1,11 @@
 //! `lorasweep bench train`: LoRA training steps at a real model shape with random in-memory
 //! weights; prints tokens/s, the forward/backward/optimizer split (medians) and peak RSS.
-//! The work lives in `lorasweep_worker::train::bench`.
+//! The work lives in `lorasweep_train::bench`.
 
 use anyhow::Context;
 use lorasweep_common::job::LoraSpec;
-use lorasweep_worker::train::bench::{BenchOpts, run_bench};
-use lorasweep_worker::train::local::{parse_device, parse_dtype};
+use lorasweep_train::bench::{BenchOpts, run_bench};
+use lorasweep_train::local::{parse_device, parse_dtype};
 
 /// Arguments of `lorasweep bench train`.
 #[derive(Debug, clap::Args)]

@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context as _;
 use lorasweep_common::{LoraInit, sweep::STUDY_LRS};
 use lorasweep_proto::pb;
-use lorasweep_worker::train::tiny::{self, TinyModelConfig};
+use lorasweep_train::tiny::{self, TinyModelConfig};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{

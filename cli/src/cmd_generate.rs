@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use lorasweep_worker::train::generate::{GenerateOpts, generate};
-use lorasweep_worker::train::local::{parse_device, parse_dtype};
-use lorasweep_worker::train::model::resolve_model_dir;
+use lorasweep_train::generate::{GenerateOpts, generate};
+use lorasweep_train::local::{parse_device, parse_dtype};
+use lorasweep_train::model::resolve_model_dir;
 
 /// Arguments of `lorasweep generate`.
 #[derive(Debug, clap::Args)]

@@ -1,11 +1,11 @@
 //! `lorasweep make-tiny-model` / `make-tiny-data`: generated checkpoints and data for tests and
 //! the demo, so nothing needs the model hub. The generators live in
-//! `lorasweep_worker::train::tiny`.
+//! `lorasweep_train::tiny`.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use lorasweep_worker::train::tiny::{self, TinyModelConfig};
+use lorasweep_train::tiny::{self, TinyModelConfig};
 
 /// Arguments of `lorasweep make-tiny-model`.
 #[derive(Debug, clap::Args)]

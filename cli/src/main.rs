@@ -111,7 +111,7 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: nothing has started a thread yet (no runtime, no candle op).
     #[allow(unsafe_code)]
     unsafe {
-        lorasweep_worker::train::cpu::configure(cli.threads);
+        lorasweep_train::cpu::configure(cli.threads);
     }
     // The daemons log their lifecycle; client commands stay quiet unless asked.
     let default_filter = match cli.command {

@@ -1,4 +1,4 @@
-//! Random models at a named shape (`tiny`, `0.5b`, `1.5b`: `lorasweep_worker::train::bench`),
+//! Random models at a named shape (`tiny`, `0.5b`, `1.5b`: `lorasweep_train::bench`),
 //! written to disk as a worker would find them, for benches that load a model
 //! (`lorasweep bench job-switch`).
 //!
@@ -11,17 +11,18 @@ use std::{
     path::Path,
 };
 
-use lorasweep_worker::train::{
+use lorasweep_train::{
     bench::shape,
     model::Qwen2Config,
+    rng::SplitMix64,
     tiny::{self, TinyModelConfig},
 };
 
 /// The Qwen2.5 tokenizer (Apache-2.0, Qwen; see the fixture's README), written next to
 /// generated 0.5b/1.5b weights: those shapes have Qwen2.5's vocabulary of 151936 rows.
-const QWEN_TOKENIZER_JSON: &[u8] = include_bytes!("../../worker/tests/fixtures/qwen2.5-tokenizer/tokenizer.json");
+const QWEN_TOKENIZER_JSON: &[u8] = include_bytes!("../../train/tests/fixtures/qwen2.5-tokenizer/tokenizer.json");
 const QWEN_TOKENIZER_CONFIG: &[u8] =
-    include_bytes!("../../worker/tests/fixtures/qwen2.5-tokenizer/tokenizer_config.json");
+    include_bytes!("../../train/tests/fixtures/qwen2.5-tokenizer/tokenizer_config.json");
 
 /// Qwen2.5's `<|endoftext|>` and `<|im_end|>` ids (the fixture README).
 const QWEN_BOS_ID: u32 = 151_643;
@@ -103,7 +104,7 @@ fn write_bf16_safetensors(path: &Path, cfg: &Qwen2Config) -> anyhow::Result<()> 
     let mut out = BufWriter::with_capacity(1 << 22, std::fs::File::create(path)?);
     out.write_all(&(header.len() as u64).to_le_bytes())?;
     out.write_all(&header)?;
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rng = SplitMix64::new(0x9E37_79B9_7F4A_7C15);
     let bound = 3f32.sqrt() * 0.02;
     let mut buf = Vec::with_capacity(1 << 21);
     for (_, shape, fill) in &tensors {
@@ -114,14 +115,7 @@ fn write_bf16_safetensors(path: &Path, cfg: &Qwen2Config) -> anyhow::Result<()> 
             for _ in 0..n {
                 let v = match fill {
                     Some(v) => *v,
-                    None => {
-                        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                        let mut z = state;
-                        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                        z ^= z >> 31;
-                        bound * (2.0 * (z >> 40) as f32 / (1u64 << 24) as f32 - 1.0)
-                    }
+                    None => bound * (2.0 * (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 1.0),
                 };
                 // bf16 is the high half of the f32 bits (truncation is fine for random values).
                 buf.extend_from_slice(&((v.to_bits() >> 16) as u16).to_le_bytes());
@@ -136,8 +130,8 @@ fn write_bf16_safetensors(path: &Path, cfg: &Qwen2Config) -> anyhow::Result<()> 
 
 #[cfg(test)]
 mod tests {
-    use lorasweep_worker::train::local::{parse_device, parse_dtype};
-    use lorasweep_worker::train::model::Qwen2Model;
+    use lorasweep_train::local::{parse_device, parse_dtype};
+    use lorasweep_train::model::Qwen2Model;
 
     use super::*;
 

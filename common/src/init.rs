@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-/// One of the study's LoRA inits. The exact formulas live in the worker's trainer.
+/// One of the study's LoRA inits. The exact formulas live in `lorasweep-train` (`init.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LoraInit {

@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`init`]: the five LoRA initialisations of the study, by name.
 //! - [`job`]: [`JobSpec`] (everything a worker needs to run one job), [`LossPoint`], [`Series`].
+//! - [`projection`]: [`Projection`], the seven projections an adapter can target.
 //! - [`state`]: [`JobState`], a job's lifecycle state.
 //! - [`sweep`]: [`SweepSpec`], the sweep file (TOML) and its expansion into jobs.
 //! - [`convert`]: conversions to and from `lorasweep_proto::pb`.
@@ -14,11 +15,13 @@ pub mod convert;
 pub mod error;
 pub mod init;
 pub mod job;
+pub mod projection;
 pub mod state;
 pub mod sweep;
 
 pub use error::Error;
 pub use init::LoraInit;
 pub use job::{JobSpec, LossPoint, Series};
+pub use projection::Projection;
 pub use state::JobState;
 pub use sweep::SweepSpec;

@@ -32,7 +32,7 @@ pub const MAX_NAME_LEN: usize = 256;
 pub const MAX_PATH_LEN: usize = 4096;
 
 /// The projections of a Qwen2 decoder layer an adapter may target.
-pub const ALLOWED_TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const ALLOWED_TARGETS: [&str; 7] = crate::Projection::NAMES;
 
 /// Base weight dtypes the trainer supports.
 pub const ALLOWED_DTYPES: [&str; 2] = ["f32", "bf16"];

@@ -11,7 +11,7 @@ use std::{
 use crate::{
     auth::{Secret, Tokens},
     clock::{Clock, SystemClock},
-    metrics::Metrics,
+    store::{Durability, StoreOptions},
 };
 
 /// Run the lorasweep coordinator: a gRPC server keeping sweeps, jobs, leases and loss curves in
@@ -66,15 +66,6 @@ pub struct Cli {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// How hard SQLite works to make a commit durable (`PRAGMA synchronous` in WAL mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Durability {
-    /// fsync the WAL on every commit: acknowledged writes survive power loss.
-    Full,
-    /// No fsync per commit: acknowledged writes survive a process crash, not an OS crash.
-    Normal,
-}
-
 /// Validated coordinator settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -100,8 +91,6 @@ pub struct Config {
     pub insecure: bool,
     /// TLS identity; `None` serves plaintext.
     pub tls: Option<TlsIdentity>,
-    /// Counters shared by the handlers and the metrics endpoint.
-    pub metrics: Arc<Metrics>,
     /// Most points one ReportPoints stream may carry ([`crate::limits::MAX_POINTS_PER_STREAM`];
     /// tests lower it to reach the limit cheaply).
     pub max_points_per_stream: u64,
@@ -140,7 +129,6 @@ impl Config {
             tokens: Tokens::default(),
             insecure: false,
             tls: None,
-            metrics: Arc::new(Metrics::default()),
             max_points_per_stream: crate::limits::MAX_POINTS_PER_STREAM,
         }
     }
@@ -148,6 +136,17 @@ impl Config {
     /// The interval workers are told to heartbeat at.
     pub fn heartbeat_interval(&self) -> Duration {
         self.lease_ttl / 3
+    }
+
+    /// What the store needs of these settings.
+    pub(crate) fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            data_dir: self.data_dir.clone(),
+            durability: self.synchronous,
+            clock: self.clock.clone(),
+            lease_ttl: self.lease_ttl,
+            max_attempts: self.max_attempts,
+        }
     }
 }
 

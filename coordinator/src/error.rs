@@ -36,6 +36,14 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// An address could not be bound (in use, not local, no permission).
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Serving gRPC failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),

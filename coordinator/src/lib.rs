@@ -7,9 +7,11 @@
 //!
 //! # Layout
 //! - [`config`]: command-line flags ([`Cli`]) and the validated [`Config`].
+//! - [`bootstrap`]: flags → checked address → bound listeners → [`serve_with_metrics`], for
+//!   both binaries that start a coordinator.
 //! - [`clock`]: [`Clock`], with [`SystemClock`] and the tests' [`ManualClock`].
 //! - [`error`]: [`Error`], the one error type.
-//! - `store`: every SQL statement, and the writer task.
+//! - `store`: every SQL statement, and the writer task; [`Durability`].
 //! - `grpc`: the two services and the mapping of errors onto gRPC status codes.
 //! - `reaper`: requeues expired leases.
 //! - [`auth`]: the admin and worker bearer tokens, checked in a layer before every call.
@@ -17,6 +19,7 @@
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
 
 pub mod auth;
+pub mod bootstrap;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -27,9 +30,9 @@ mod reaper;
 mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{Cli, Config, Durability, TlsIdentity};
+pub use config::{Cli, Config, TlsIdentity};
 pub use error::Error;
-pub use store::DB_FILE;
+pub use store::{DB_FILE, Durability};
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -103,8 +106,10 @@ pub async fn serve_with_metrics(
     let tracker = TaskTracker::new();
     // Our own child token: background tasks stop when serving ends for any reason.
     let stop = shutdown.child_token();
-    let store = store::Store::open(&config, &tracker).await?;
-    tracker.spawn(reaper::run(store.clone(), config.reap_interval, config.metrics.clone(), stop.clone()));
+    let store = store::Store::open(&config.store_options(), &tracker).await?;
+    // Counters shared by the handlers, the reaper, the auth layer and the endpoint.
+    let metrics = Arc::new(metrics::Metrics::default());
+    tracker.spawn(reaper::run(store.clone(), config.reap_interval, metrics.clone(), stop.clone()));
     let sweeps = grpc::sweeps::SweepsService {
         store: store.clone(),
         shutdown: stop.clone(),
@@ -115,7 +120,7 @@ pub async fn serve_with_metrics(
         store: store.clone(),
         lease_ttl: config.lease_ttl,
         heartbeat_interval: config.heartbeat_interval(),
-        metrics: config.metrics.clone(),
+        metrics: metrics.clone(),
         max_points_per_stream: config.max_points_per_stream,
     };
     let artifacts = grpc::artifacts::ArtifactsService {
@@ -123,9 +128,9 @@ pub async fn serve_with_metrics(
         dir: config.data_dir.join(grpc::artifacts::ARTIFACTS_DIR),
     };
     if let Some(listener) = metrics_listener {
-        tracker.spawn(metrics::serve(listener, config.metrics.clone(), store.clone(), tracker.clone(), stop.clone()));
+        tracker.spawn(metrics::serve(listener, metrics.clone(), store.clone(), tracker.clone(), stop.clone()));
     }
-    let auth = auth::AuthLayer { tokens: Arc::new(config.tokens.clone()), metrics: config.metrics.clone() };
+    let auth = auth::AuthLayer { tokens: Arc::new(config.tokens.clone()), metrics };
     info!(
         %addr,
         data_dir = %config.data_dir.display(),

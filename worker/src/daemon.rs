@@ -11,13 +11,14 @@ use std::time::Duration;
 use lorasweep_proto::pb::{self, workers_client::WorkersClient};
 use tokio_util::sync::CancellationToken;
 
+use lorasweep_train::{CandleTrainer, Trainer, synthetic::SyntheticTrainer};
+
 use crate::{
     Config, TrainerKind, WorkerError,
+    artifacts::ArtifactsGrpc,
     connect::Authed,
     job::{self, JobContext},
     rpc::{self, Backoff},
-    synthetic::SyntheticTrainer,
-    trainer::Trainer,
 };
 
 /// Per-call timeout: generous for a loaded coordinator, short enough that a hung connection is
@@ -34,7 +35,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub fn make_trainer(config: &Config) -> Result<Box<dyn Trainer>, WorkerError> {
     match config.trainer {
         TrainerKind::Synthetic => Ok(Box::new(SyntheticTrainer::new(config.synthetic_step))),
-        TrainerKind::Candle => crate::train::CandleTrainer::new(&config.device)
+        TrainerKind::Candle => CandleTrainer::new(&config.device)
             .map(|t| Box::new(t) as Box<dyn Trainer>)
             .map_err(|e| WorkerError::TrainerUnavailable(format!("candle on {}: {e}", config.device))),
     }
@@ -52,7 +53,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     let client = WorkersClient::new(config.remote.authed(endpoint.connect_lazy()));
     // Artifacts get their own channel without the per-call timeout: a large checkpoint may take
     // longer than a control call is allowed to.
-    let artifacts = crate::checkpoint::ArtifactsClient::new(
+    let artifacts = ArtifactsGrpc::new(
         config.remote.authed(config.remote.endpoint()?.connect_timeout(CONNECT_TIMEOUT).connect_lazy()),
     );
 
@@ -105,7 +106,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
 async fn register(
     config: &Config,
     client: &WorkersClient<Authed>,
-    artifacts: &crate::checkpoint::ArtifactsClient,
+    artifacts: &ArtifactsGrpc,
     shutdown: &CancellationToken,
 ) -> Option<JobContext> {
     let req = pb::RegisterWorkerRequest {

@@ -1,143 +1,62 @@
 //! Runs one leased attempt: the trainer on a blocking thread, the point reporter and the lease
-//! heartbeat on the async side, and the final `CompleteJob`/`FailJob`.
+//! heartbeat on the async side, and the final `CompleteJob`/`FailJob`. The state they share is
+//! [`JobControl`] (in [`crate::control`]).
 //!
 //! The heartbeat has its own timer task, so a long training step never starves it. Whatever
 //! learns first that the attempt is no longer ours (a heartbeat answering `cancel`, or any call
 //! answered FAILED_PRECONDITION) calls [`JobControl::stop`]: the trainer sees it through
 //! [`Progress::cancelled`] and the job is dropped without another word to the coordinator.
 
-use std::{
-    sync::{
-        Arc, Mutex, OnceLock,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use lorasweep_common::{JobSpec, LossPoint, Series};
 use lorasweep_proto::pb;
-use tokio::{
-    sync::{Notify, mpsc},
-    time::Instant,
-};
+use lorasweep_train::{Progress, TrainError, TrainOutcome, Trainer};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    checkpoint::{self, ArtifactLink},
+    artifacts::{self, ArtifactsGrpc, AttemptArtifacts, TrainerArtifacts},
     connect::Authed,
+    control::{JobControl, SHUTDOWN_GRACE, StopReason},
     report::{self, ReportEnd, ReportTarget},
-    rpc,
-    trainer::{Progress, TrainError, TrainOutcome, Trainer},
+    rpc::{self, Patience},
 };
 
 /// Capacity of the trainer → reporter channel. The trainer blocks when it is full, which only
 /// happens if the reporter stops draining (see `report::MAX_PENDING`).
 const POINT_CHANNEL: usize = 1024;
 
-/// How long a shutting-down worker keeps trying to deliver points and release its lease before
-/// giving up; the lease TTL then requeues the job anyway.
-pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Why an attempt was dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StopReason {
-    /// The coordinator no longer considers this attempt live (requeued after expiry, or gone).
-    LeaseLost,
-    /// A user cancelled the job.
-    Cancelled,
-}
-
-/// State shared by the trainer thread, the reporter and the heartbeat of one attempt.
-#[derive(Debug)]
-pub(crate) struct JobControl {
-    /// Cancelled when the attempt is dropped.
-    drop_token: CancellationToken,
-    /// The first reason it was dropped.
-    reason: Mutex<Option<StopReason>>,
-    /// The worker's shutdown: stops the trainer but not the reporting.
-    shutdown: CancellationToken,
-    /// Highest train step reported, for heartbeats.
-    step: AtomicU64,
-    /// Total steps, once the trainer said.
-    total: AtomicU64,
-    /// Wakes the heartbeat when the total becomes known, so progress displays get it at once
-    /// rather than a heartbeat interval later.
-    total_known: Notify,
-    /// When a shutting-down worker stops retrying; fixed the first time it is asked for.
-    deadline: OnceLock<Instant>,
-    /// Points the reporter is done with (acknowledged by the coordinator, or refused): a
-    /// checkpoint is uploaded only once every point before it is, so a resumed attempt, which
-    /// emits only the points after its checkpoint, leaves no gap in the stored curve.
-    pub(crate) points_done: tokio::sync::watch::Sender<u64>,
-}
-
-impl JobControl {
-    fn new(shutdown: CancellationToken) -> Self {
-        Self {
-            drop_token: CancellationToken::new(),
-            reason: Mutex::new(None),
-            shutdown,
-            step: AtomicU64::new(0),
-            total: AtomicU64::new(0),
-            total_known: Notify::new(),
-            deadline: OnceLock::new(),
-            points_done: tokio::sync::watch::Sender::new(0),
-        }
-    }
-
-    /// Drops the attempt; the first reason sticks.
-    pub(crate) fn stop(&self, reason: StopReason) {
-        let mut r = self.reason.lock().expect("no code panics while holding this lock");
-        r.get_or_insert(reason);
-        self.drop_token.cancel();
-    }
-
-    /// Resolves once the attempt is dropped.
-    pub(crate) async fn dropped(&self) {
-        self.drop_token.cancelled().await;
-    }
-
-    /// True once the attempt is dropped.
-    pub(crate) fn is_dropped(&self) -> bool {
-        self.drop_token.is_cancelled()
-    }
-
-    fn reason(&self) -> Option<StopReason> {
-        *self.reason.lock().expect("no code panics while holding this lock")
-    }
-
-    /// `None` while the worker runs; during shutdown, the moment to stop retrying.
-    pub(crate) fn final_deadline(&self) -> Option<Instant> {
-        self.shutdown.is_cancelled().then(|| *self.deadline.get_or_init(|| Instant::now() + SHUTDOWN_GRACE))
-    }
-}
+/// How long `CompleteJob` and `FailJob` are retried while the coordinator is unreachable (a
+/// restart takes seconds; after this long the lease has long expired and the job is requeued
+/// anyway). A shutting-down worker waits only [`SHUTDOWN_GRACE`].
+pub(crate) const FINISH_PATIENCE: Duration = Duration::from_secs(600);
 
 /// The [`Progress`] the trainer thread sees: points go into the bounded channel.
 struct ChannelProgress {
     tx: mpsc::Sender<LossPoint>,
     control: Arc<JobControl>,
     /// Checkpoint/adapter uploads, resume downloads and warnings.
-    artifacts: ArtifactLink,
+    artifacts: TrainerArtifacts,
 }
 
 impl Progress for ChannelProgress {
     fn total_steps(&mut self, steps: u64) {
-        self.control.total.store(steps, Ordering::Relaxed);
-        self.control.total_known.notify_one();
+        self.control.set_total(steps);
     }
 
     fn point(&mut self, point: LossPoint) {
         if point.series == Series::Train {
-            self.control.step.fetch_max(point.step, Ordering::Relaxed);
+            self.control.record_step(point.step);
         }
         // An error means the reporter is gone because the job was dropped: nothing to do.
         let _ = self.tx.blocking_send(point);
-        self.artifacts.points_sent += 1;
+        self.control.points.record_sent();
     }
 
     fn cancelled(&self) -> bool {
-        self.control.is_dropped() || self.control.shutdown.is_cancelled()
+        self.control.is_dropped() || self.control.shutting_down()
     }
 
     fn checkpoint(&mut self, step: u64, bytes: Vec<u8>) {
@@ -163,7 +82,7 @@ pub(crate) struct JobContext {
     /// The coordinator.
     pub(crate) client: pb::workers_client::WorkersClient<Authed>,
     /// The coordinator's artifact store (checkpoints, adapters).
-    pub(crate) artifacts: crate::checkpoint::ArtifactsClient,
+    pub(crate) artifacts: ArtifactsGrpc,
     /// This worker's id.
     pub(crate) worker_id: String,
     /// Heartbeat period from registration.
@@ -202,24 +121,24 @@ pub(crate) async fn run_job(ctx: &JobContext, lease: pb::Lease, trainer: Box<dyn
         heartbeat_loop(ctx.clone(), job_id.clone(), attempt, control.clone(), heartbeat_done.clone()).in_current_span(),
     );
 
-    let (upload_tx, upload_rx) = mpsc::channel(checkpoint::UPLOAD_CHANNEL);
-    let artifact_target = checkpoint::Target {
+    let (upload_tx, upload_rx) = mpsc::channel(artifacts::UPLOAD_CHANNEL);
+    let artifact_target = AttemptArtifacts {
         client: ctx.artifacts.clone(),
         worker_id: ctx.worker_id.clone(),
         job_id: job_id.clone(),
         attempt,
         max_backoff: ctx.max_backoff,
     };
-    let uploader = tokio::spawn(checkpoint::run_uploader(artifact_target.clone(), upload_rx, control.clone()));
+    let uploader = tokio::spawn(artifacts::run_uploader(artifact_target.clone(), upload_rx, control.clone()));
     let mut progress = ChannelProgress {
         tx,
         control: control.clone(),
-        artifacts: ArtifactLink {
+        artifacts: TrainerArtifacts {
             target: artifact_target,
             uploads: upload_tx,
             runtime: tokio::runtime::Handle::current(),
+            control: control.clone(),
             pending: None,
-            points_sent: 0,
         },
     };
     let span = tracing::Span::current();
@@ -252,10 +171,15 @@ pub(crate) async fn run_job(ctx: &JobContext, lease: pb::Lease, trainer: Box<dyn
         // more makes the job's step/total on the coordinator final before it completes.
         send_heartbeat(ctx, &job_id, attempt, &control).await;
     }
-    if let Some(reason) = control.reason() {
-        tracing::warn!(%job_id, attempt, ?reason, "dropped job");
-    } else {
-        finish(ctx, &lease, result, reported).await;
+    match control.reason() {
+        Some(StopReason::GaveUp(why)) => {
+            // The coordinator kept answering errors; say so, if it listens, and move on. If it
+            // does not, the heartbeat stops below and the lease expires.
+            tracing::warn!(%job_id, attempt, reason = %why, "giving the attempt up");
+            fail(ctx, &lease, format!("worker gave the attempt up: {why}"), true, false).await;
+        }
+        Some(reason) => tracing::warn!(%job_id, attempt, ?reason, "dropped job"),
+        None => finish(ctx, &lease, result, reported).await,
     }
     heartbeat_done.cancel();
     let _ = heartbeat.await;
@@ -286,8 +210,7 @@ async fn finish(ctx: &JobContext, lease: &pb::Lease, result: Result<TrainOutcome
                 tokens: outcome.tokens,
                 seconds: outcome.seconds,
             };
-            let deadline = ctx.shutdown.is_cancelled().then(|| Instant::now() + SHUTDOWN_GRACE);
-            let sent = rpc::retry("CompleteJob", ctx.max_backoff, deadline, || {
+            let sent = rpc::retry("CompleteJob", finish_patience(ctx), || {
                 let mut client = ctx.client.clone();
                 let req = req.clone();
                 async move { client.complete_job(req).await }
@@ -298,9 +221,17 @@ async fn finish(ctx: &JobContext, lease: &pb::Lease, result: Result<TrainOutcome
                     tracing::info!(%job_id, ?state, final_eval_loss = ?outcome.final_eval_loss,
                     seconds = outcome.seconds, "job finished")
                 }
+                Err(status) if rpc::is_lease_lost(&status) => {
+                    tracing::warn!(%job_id, error = %status.message(), "completion refused: lease lost")
+                }
                 Err(status) => {
+                    // Not lost, not accepted: a coordinator answering errors, or unreachable for
+                    // FINISH_PATIENCE. Give the attempt back (retryable) so it is run again
+                    // rather than left `running` under a lease nobody renews.
                     tracing::warn!(%job_id, code = ?status.code(), error = %status.message(),
-                    "completion not accepted")
+                        "completion not accepted; giving the attempt back");
+                    let why = format!("the coordinator did not accept the completion ({:?}: {})", status.code(), status.message());
+                    fail(ctx, lease, why, true, false).await;
                 }
             }
         }
@@ -331,8 +262,7 @@ async fn fail(ctx: &JobContext, lease: &pb::Lease, error: String, retryable: boo
         retryable,
         released,
     };
-    let deadline = ctx.shutdown.is_cancelled().then(|| Instant::now() + SHUTDOWN_GRACE);
-    let sent = rpc::retry("FailJob", ctx.max_backoff, deadline, || {
+    let sent = rpc::retry("FailJob", finish_patience(ctx), || {
         let mut client = ctx.client.clone();
         let req = req.clone();
         async move { client.fail_job(req).await }
@@ -340,8 +270,15 @@ async fn fail(ctx: &JobContext, lease: &pb::Lease, error: String, retryable: boo
     .await;
     if let Err(status) = sent {
         tracing::warn!(job_id = %lease.job_id, code = ?status.code(), error = %status.message(),
-            "failure report not accepted");
+            "failure report not accepted; the lease will expire and the job be requeued");
     }
+}
+
+/// How long the attempt's last word is retried: the shutdown grace while shutting down,
+/// [`FINISH_PATIENCE`] otherwise.
+fn finish_patience(ctx: &JobContext) -> Patience {
+    let within = if ctx.shutdown.is_cancelled() { SHUTDOWN_GRACE } else { FINISH_PATIENCE };
+    Patience::within(ctx.max_backoff, within)
 }
 
 /// Extends the lease every `heartbeat_every` until `done`, independently of training. Stops the
@@ -359,7 +296,7 @@ async fn heartbeat_loop(
         tokio::select! {
             () = done.cancelled() => return,
             () = control.dropped() => return,
-            () = control.total_known.notified() => {}
+            () = control.total_known() => {}
             _ = ticker.tick() => {}
         }
         if !send_heartbeat(&ctx, &job_id, attempt, &control).await {
@@ -375,8 +312,8 @@ async fn send_heartbeat(ctx: &JobContext, job_id: &str, attempt: u32, control: &
         worker_id: ctx.worker_id.clone(),
         job_id: job_id.to_string(),
         attempt,
-        step: control.step.load(Ordering::Relaxed),
-        total_steps: control.total.load(Ordering::Relaxed),
+        step: control.step(),
+        total_steps: control.total(),
     };
     let mut client = ctx.client.clone();
     match client.heartbeat(req).await {

@@ -1,32 +1,33 @@
-//! lorasweep worker: the daemon that leases jobs from the coordinator, and the trainers that run them.
+//! lorasweep worker: the daemon that leases jobs from the coordinator and runs them with a
+//! trainer from `lorasweep-train`.
+//!
+//! The daemon is async (tokio, tonic); training is synchronous and runs on a blocking thread
+//! behind [`lorasweep_train::Trainer`]. Nothing of the model code lives here, so editing the
+//! daemon never recompiles candle code.
 //!
 //! # Layout
 //! - [`config`]: command-line flags and the validated [`Config`].
 //! - [`connect`]: the coordinator's URL, bearer token and TLS CA ([`connect::Remote`]).
 //! - [`daemon`]: [`run`], the register → lease → run loop.
 //! - `job`: one attempt: trainer thread, heartbeat, final report.
+//! - `control`: the attempt's shared state, its stop reason and its point ledger (a leaf).
 //! - `report`: the bounded point channel → client-streaming `ReportPoints` shipper.
-//! - `checkpoint`: checkpoint and adapter transfer to and from the coordinator's artifact store
-//!   ([`ArtifactClient`] exposes it outside the daemon).
-//! - `rpc`: error classes and backoff for coordinator calls.
-//! - [`synthetic`]: a deterministic trainer with study-shaped curves, for tests and demos.
-//! - [`trainer`]: the [`trainer::Trainer`] trait between the async daemon and synchronous training.
-//! - [`train`]: the candle Qwen2 + LoRA trainer.
+//! - [`artifacts`]: checkpoint and adapter transfer to and from the coordinator's artifact
+//!   store; [`artifacts::download_verified`] and [`ArtifactTransfer`] serve the CLI too.
+//! - `rpc`: error classes, retry budgets and backoff for coordinator calls.
 //! - [`error`]: what can stop the daemon, [`WorkerError`].
 
-mod checkpoint;
+pub mod artifacts;
 pub mod config;
 pub mod connect;
+mod control;
 pub mod daemon;
 pub mod error;
 mod job;
 mod report;
 mod rpc;
-pub mod synthetic;
-pub mod train;
-pub mod trainer;
 
-pub use checkpoint::{ArtifactClient, TransferError};
+pub use artifacts::{ArtifactTransfer, TransferError};
 pub use config::{Config, TrainerKind, WorkerArgs, WorkerCli};
 pub use connect::{ConnectArgs, Remote};
 pub use daemon::run;

@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: the runtime (and every other thread) starts below.
     #[allow(unsafe_code)]
     unsafe {
-        lorasweep_worker::train::cpu::configure(cli.threads);
+        lorasweep_train::cpu::configure(cli.threads);
     }
     tokio::runtime::Runtime::new().context("starting the tokio runtime")?.block_on(serve(cli))
 }

@@ -16,8 +16,9 @@ use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
     connect::Authed,
-    job::{JobControl, StopReason},
-    rpc::{self, Backoff},
+    control::{JobControl, StopReason},
+    job::FINISH_PATIENCE,
+    rpc::{self, Backoff, Class},
 };
 
 /// How often pending points are flushed: often enough for live curves in `lorasweep watch`,
@@ -41,7 +42,8 @@ pub(crate) enum ReportEnd {
     Flushed,
     /// The job was dropped (lease lost or cancelled); unsent points were discarded.
     Dropped,
-    /// The deadline passed with points still unacknowledged (shutdown with no coordinator).
+    /// The deadline passed with points still unacknowledged (a shutdown, or a coordinator
+    /// unreachable for [`FINISH_PATIENCE`] after training ended).
     GaveUp,
 }
 
@@ -66,7 +68,7 @@ pub(crate) async fn run(
     control: Arc<JobControl>,
 ) -> ReportEnd {
     let mut pending: Vec<pb::Point> = Vec::new();
-    let mut backoff = Backoff::new(target.max_backoff);
+    let mut flusher = Flusher { backoff: Backoff::new(target.max_backoff), server_errors: 0 };
     let mut next_try = Instant::now();
     let mut ticker = tokio::time::interval(FLUSH_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -78,19 +80,20 @@ pub(crate) async fn run(
                 Some(p) => {
                     pending.push(pb::Point::from(p));
                     if pending.len() >= FLUSH_AT && Instant::now() >= next_try {
-                        flush_once(&target, &mut pending, &mut backoff, &mut next_try, &control).await;
+                        flusher.flush(&target, &mut pending, &mut next_try, &control).await;
                     }
                 }
                 None => break,
             },
             _ = ticker.tick() => {
                 if !pending.is_empty() && Instant::now() >= next_try {
-                    flush_once(&target, &mut pending, &mut backoff, &mut next_try, &control).await;
+                    flusher.flush(&target, &mut pending, &mut next_try, &control).await;
                 }
             }
         }
     }
     // The trainer is done: everything left must reach the coordinator before the job can end.
+    let patience_end = Instant::now() + FINISH_PATIENCE;
     loop {
         if control.is_dropped() {
             return ReportEnd::Dropped;
@@ -98,7 +101,8 @@ pub(crate) async fn run(
         if pending.is_empty() {
             return ReportEnd::Flushed;
         }
-        if control.final_deadline().is_some_and(|d| Instant::now() >= d) {
+        let deadline = control.final_deadline().map_or(patience_end, |d| d.min(patience_end));
+        if Instant::now() >= deadline {
             tracing::warn!(job_id = %target.job_id, unsent = pending.len(), "giving up on unsent points");
             return ReportEnd::GaveUp;
         }
@@ -106,53 +110,82 @@ pub(crate) async fn run(
             () = control.dropped() => return ReportEnd::Dropped,
             () = tokio::time::sleep_until(next_try) => {}
         }
-        flush_once(&target, &mut pending, &mut backoff, &mut next_try, &control).await;
+        flusher.flush(&target, &mut pending, &mut next_try, &control).await;
     }
 }
 
-/// One `ReportPoints` call carrying every pending point. Success empties `pending`; a lost lease
-/// drops the job; a transient failure keeps the points and schedules the next try.
-async fn flush_once(
-    target: &ReportTarget,
-    pending: &mut Vec<pb::Point>,
-    backoff: &mut Backoff,
-    next_try: &mut Instant,
-    control: &JobControl,
-) {
-    let messages: Vec<pb::ReportPointsRequest> = pending
-        .chunks(POINTS_PER_MESSAGE)
-        .map(|chunk| pb::ReportPointsRequest {
-            job_id: target.job_id.clone(),
-            attempt: target.attempt,
-            points: chunk.to_vec(),
-        })
-        .collect();
-    let mut client = target.client.clone();
-    match client.report_points(tokio_stream::iter(messages)).await {
-        Ok(resp) => {
-            tracing::debug!(job_id = %target.job_id, committed = resp.get_ref().committed, "points acknowledged");
-            control.points_done.send_modify(|n| *n += pending.len() as u64);
-            pending.clear();
-            backoff.reset();
-        }
-        Err(status) if rpc::is_lease_lost(&status) => {
-            tracing::warn!(job_id = %target.job_id, attempt = target.attempt, error = %status.message(),
-                "coordinator rejected points: lease lost; dropping the job");
-            control.stop(StopReason::LeaseLost);
-        }
-        Err(status) if rpc::is_transient(&status) => {
-            let wait = backoff.next_wait();
-            tracing::warn!(job_id = %target.job_id, unsent = pending.len(), retry_in_ms = wait.as_millis() as u64,
-                code = ?status.code(), error = %status.message(), "reporting points failed; keeping them for the next try");
-            *next_try = Instant::now() + wait;
-        }
-        Err(status) => {
-            // The coordinator refuses these points outright (a bug on one side); resending the
-            // same batch forever would stall the job, so they are logged and discarded.
-            tracing::error!(job_id = %target.job_id, discarded = pending.len(), code = ?status.code(),
-                error = %status.message(), "coordinator refused points");
-            control.points_done.send_modify(|n| *n += pending.len() as u64);
-            pending.clear();
+/// The retry state of one reporter.
+struct Flusher {
+    backoff: Backoff,
+    /// Server errors (`Internal`, ...) in a row: after [`rpc::SERVER_ERROR_TRIES`] the attempt
+    /// is given up rather than the same batch resent for as long as the heartbeat holds the lease.
+    server_errors: u32,
+}
+
+impl Flusher {
+    /// One `ReportPoints` call carrying every pending point. Success empties `pending`; a lost
+    /// lease drops the job; an unreachable coordinator keeps the points and schedules the next
+    /// try; a coordinator that keeps answering server errors makes the worker give the attempt up.
+    async fn flush(
+        &mut self,
+        target: &ReportTarget,
+        pending: &mut Vec<pb::Point>,
+        next_try: &mut Instant,
+        control: &JobControl,
+    ) {
+        let messages: Vec<pb::ReportPointsRequest> = pending
+            .chunks(POINTS_PER_MESSAGE)
+            .map(|chunk| pb::ReportPointsRequest {
+                job_id: target.job_id.clone(),
+                attempt: target.attempt,
+                points: chunk.to_vec(),
+            })
+            .collect();
+        let mut client = target.client.clone();
+        let status = match client.report_points(tokio_stream::iter(messages)).await {
+            Ok(resp) => {
+                tracing::debug!(job_id = %target.job_id, committed = resp.get_ref().committed, "points acknowledged");
+                control.points.record_done(pending.len() as u64);
+                pending.clear();
+                self.backoff.reset();
+                self.server_errors = 0;
+                return;
+            }
+            Err(status) => status,
+        };
+        match rpc::classify(&status) {
+            Class::LeaseLost => {
+                tracing::warn!(job_id = %target.job_id, attempt = target.attempt, error = %status.message(),
+                    "coordinator rejected points: lease lost; dropping the job");
+                control.stop(StopReason::LeaseLost);
+            }
+            Class::ServerError if self.server_errors + 1 >= rpc::SERVER_ERROR_TRIES => {
+                let why = format!(
+                    "the coordinator answered {} ReportPoints calls in a row with an error ({:?}: {})",
+                    self.server_errors + 1,
+                    status.code(),
+                    status.message()
+                );
+                tracing::error!(job_id = %target.job_id, unsent = pending.len(), "{why}");
+                control.stop(StopReason::GaveUp(why));
+            }
+            class @ (Class::Unreachable | Class::ServerError) => {
+                if class == Class::ServerError {
+                    self.server_errors += 1;
+                }
+                let wait = self.backoff.next_wait();
+                tracing::warn!(job_id = %target.job_id, unsent = pending.len(), retry_in_ms = wait.as_millis() as u64,
+                    code = ?status.code(), error = %status.message(), "reporting points failed; keeping them for the next try");
+                *next_try = Instant::now() + wait;
+            }
+            Class::Refused => {
+                // The coordinator refuses these points outright (a bug on one side); resending
+                // the same batch forever would stall the job, so they are logged and discarded.
+                tracing::error!(job_id = %target.job_id, discarded = pending.len(), code = ?status.code(),
+                    error = %status.message(), "coordinator refused points");
+                control.points.record_done(pending.len() as u64);
+                pending.clear();
+            }
         }
     }
 }

@@ -30,6 +30,11 @@ struct Script {
     stale_reports: bool,
     /// Answer heartbeats with `cancel` once a step > 0 was reported.
     cancel_when_running: bool,
+    /// Answer every CompleteJob with INTERNAL (a coordinator with a deterministic bug).
+    internal_on_complete: bool,
+    /// Answer every ReportPoints with INTERNAL.
+    internal_reports: bool,
+    complete_calls: Vec<String>,
     report_calls: u32,
     heartbeats: Vec<pb::HeartbeatRequest>,
     points: Vec<pb::Point>,
@@ -92,6 +97,9 @@ impl Workers for Fake {
             if s.stale_reports {
                 return Err(Status::failed_precondition("attempt 1 is not the live lease"));
             }
+            if s.internal_reports {
+                return Err(Status::internal("database disk image is malformed"));
+            }
             if s.fail_reports > 0 {
                 s.fail_reports -= 1;
                 return Err(Status::unavailable("coordinator restarting"));
@@ -106,8 +114,15 @@ impl Workers for Fake {
         &self,
         req: Request<pb::CompleteJobRequest>,
     ) -> Result<Response<pb::CompleteJobResponse>, Status> {
-        self.with(|s| s.completed.push(req.into_inner()));
-        Ok(Response::new(pb::CompleteJobResponse {}))
+        self.with(|s| {
+            let req = req.into_inner();
+            s.complete_calls.push(req.job_id.clone());
+            if s.internal_on_complete {
+                return Err(Status::internal("UNIQUE constraint failed: points.job_id"));
+            }
+            s.completed.push(req);
+            Ok(Response::new(pb::CompleteJobResponse {}))
+        })
     }
 
     async fn fail_job(&self, req: Request<pb::FailJobRequest>) -> Result<Response<pb::FailJobResponse>, Status> {
@@ -259,6 +274,63 @@ async fn shutdown_releases_the_running_job() -> anyhow::Result<()> {
         assert_eq!(f.job_id, "held");
         assert!(f.released && f.retryable, "{f:?}");
         assert!(s.completed.is_empty());
+    });
+    Ok(())
+}
+
+/// A coordinator that answers every `CompleteJob` with INTERNAL used to pin the worker: the
+/// call was retried with no end while the heartbeat kept the lease alive. Now the worker tries a
+/// few times, gives the attempt back (retryable, with the reason) and leases the next job.
+#[tokio::test]
+async fn a_coordinator_answering_internal_on_complete_makes_the_worker_give_up_and_go_on() -> anyhow::Result<()> {
+    let fake = Fake::default();
+    fake.with(|s| {
+        s.leases.push_back(lease("j1", 3));
+        s.leases.push_back(lease("j2", 3));
+        s.internal_on_complete = true;
+    });
+    let (stop, worker) = start(&fake, 1).await?;
+    await_script(&fake, "both attempts given back", |s| s.failed.len() >= 2).await?;
+    stop.cancel();
+    worker.await??;
+    fake.with(|s| {
+        assert_eq!(s.leased, 2, "the worker went on to the next job");
+        let tries = s.complete_calls.iter().filter(|j| *j == "j1").count();
+        assert!((2..=10).contains(&tries), "CompleteJob retried a bounded number of times, not forever: {tries}");
+        for (f, job) in s.failed.iter().zip(["j1", "j2"]) {
+            assert_eq!(f.job_id, job);
+            assert!(f.retryable && !f.released, "{f:?}");
+            assert!(f.error.contains("did not accept the completion") && f.error.contains("UNIQUE"), "{}", f.error);
+        }
+        assert!(s.completed.is_empty());
+    });
+    Ok(())
+}
+
+/// The same for the points: a coordinator answering every `ReportPoints` with INTERNAL makes the
+/// worker stop training, give the attempt back with the reason, and lease the next job.
+#[tokio::test]
+async fn a_coordinator_answering_internal_on_points_makes_the_worker_give_up_and_go_on() -> anyhow::Result<()> {
+    let fake = Fake::default();
+    fake.with(|s| {
+        s.leases.push_back(lease("stuck", 100_000));
+        s.internal_reports = true;
+    });
+    let (stop, worker) = start(&fake, 2).await?;
+    await_script(&fake, "the attempt given back", |s| !s.failed.is_empty()).await?;
+    fake.with(|s| {
+        s.internal_reports = false;
+        s.leases.push_back(lease("next", 3));
+    });
+    await_script(&fake, "the next job", |s| s.completed.iter().any(|c| c.job_id == "next")).await?;
+    stop.cancel();
+    worker.await??;
+    fake.with(|s| {
+        let f = &s.failed[0];
+        assert_eq!(f.job_id, "stuck");
+        assert!(f.retryable && !f.released, "{f:?}");
+        assert!(f.error.contains("ReportPoints") && f.error.contains("malformed"), "{}", f.error);
+        assert!(s.completed.iter().all(|c| c.job_id != "stuck"));
     });
     Ok(())
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use lorasweep_common::{JobSpec, LossPoint, Series, SweepSpec};
 use lorasweep_proto::pb;
 use lorasweep_proto::pb::artifacts_client::ArtifactsClient;
-use lorasweep_worker::train::CandleTrainer;
-use lorasweep_worker::trainer::Progress;
+use lorasweep_train::CandleTrainer;
+use lorasweep_train::Progress;
 
 use crate::helpers::{self, Proc, await_condition, await_sweep_done, clients, fixture, start_coordinator_process};
 

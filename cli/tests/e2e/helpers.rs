@@ -264,9 +264,9 @@ pub(crate) fn expected_eval_steps(steps: u64) -> Vec<u64> {
     v
 }
 
-/// The path of a worker test fixture (`worker/tests/fixtures/NAME`), as a string for sweep files.
+/// The path of a worker test fixture (`train/tests/fixtures/NAME`), as a string for sweep files.
 pub(crate) fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../worker/tests/fixtures").join(name).display().to_string()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../train/tests/fixtures").join(name).display().to_string()
 }
 
 /// Polls `lorasweep [flags] status SWEEP --json` until the sweep counts `n` succeeded jobs.

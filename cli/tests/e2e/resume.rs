@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use lorasweep_common::{LossPoint, Series, SweepSpec};
 use lorasweep_proto::pb::{self, artifacts_client::ArtifactsClient};
-use lorasweep_worker::trainer::Progress;
-use sha2::{Digest, Sha256};
+use lorasweep_train::Progress;
 
 use crate::helpers::{self, Proc, await_condition, await_sweep_done, clients, fixture, spawn_coordinator};
 
@@ -65,7 +64,7 @@ async fn a_killed_candle_worker_resumes_from_its_checkpoint_bit_for_bit() -> any
     let spec = SweepSpec::parse(&toml, "t.toml")?.jobs().remove(0);
     let reference = tokio::task::spawn_blocking(move || -> anyhow::Result<Local> {
         let mut local = Local::default();
-        lorasweep_worker::train::train_local(&spec, &Default::default(), &mut local)?;
+        lorasweep_train::train_local(&spec, &Default::default(), &mut local)?;
         Ok(local)
     });
 
@@ -138,7 +137,7 @@ async fn a_killed_candle_worker_resumes_from_its_checkpoint_bit_for_bit() -> any
             adapter.extend(c);
         }
     }
-    let sha: String = Sha256::digest(&adapter).iter().map(|b| format!("{b:02x}")).collect();
+    let sha = lorasweep_worker::artifacts::sha256_hex(&adapter);
     assert_eq!(sha, stored[0].sha256);
     let (got, want) =
         (safetensors::SafeTensors::deserialize(&adapter)?, safetensors::SafeTensors::deserialize(&reference.adapter)?);

@@ -18,7 +18,7 @@ pub(crate) mod sweeps;
 pub(crate) mod workers;
 pub(crate) mod writer;
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
     SqliteConnection, SqlitePool,
@@ -29,9 +29,7 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::{
-    Config,
     clock::Clock,
-    config::Durability,
     error::{Error, Result},
 };
 use lorasweep_common::JobState;
@@ -46,6 +44,30 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Read connections: enough for a few concurrent `status`/curve readers on a small machine.
 const READ_CONNECTIONS: u32 = 4;
 
+/// How hard SQLite works to make a commit durable (`PRAGMA synchronous` in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// fsync the WAL on every commit: acknowledged writes survive power loss.
+    Full,
+    /// No fsync per commit: acknowledged writes survive a process crash, not an OS crash.
+    Normal,
+}
+
+/// What [`Store::open`] needs: where the database lives and the rules it enforces.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreOptions {
+    /// Directory of the SQLite database (created if missing).
+    pub(crate) data_dir: PathBuf,
+    /// SQLite durability of a commit.
+    pub(crate) durability: Durability,
+    /// Where "now" comes from.
+    pub(crate) clock: Arc<dyn Clock>,
+    /// A lease lives this long past its last heartbeat.
+    pub(crate) lease_ttl: Duration,
+    /// Failed or expired attempts after which a job is marked failed.
+    pub(crate) max_attempts: u32,
+}
+
 /// Handle to the coordinator's database; cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
@@ -58,34 +80,34 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `config.data_dir`, applies migrations, gives
+    /// Opens (creating if needed) the database in `options.data_dir`, applies migrations, gives
     /// running leases one TTL of grace (their workers could not heartbeat while we were down) and
     /// starts the writer on `tracker`. The writer stops once every clone of the store is dropped.
-    pub(crate) async fn open(config: &Config, tracker: &TaskTracker) -> Result<Store> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
-        let path = config.data_dir.join(DB_FILE);
+    pub(crate) async fn open(options: &StoreOptions, tracker: &TaskTracker) -> Result<Store> {
+        std::fs::create_dir_all(&options.data_dir)
+            .map_err(|source| Error::DataDir { path: options.data_dir.clone(), source })?;
+        let path = options.data_dir.join(DB_FILE);
         // WAL: readers never block the writer. synchronous=FULL (the default): every COMMIT fsyncs
         // the WAL, so an acknowledged write survives power loss too; NORMAL survives kill -9 (the
         // WAL is in the OS page cache) but may lose the last commits on an OS crash. The writer's
         // batching keeps the fsync rate low either way.
-        let options = SqliteConnectOptions::new()
+        let sqlite = SqliteConnectOptions::new()
             .filename(&path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match config.synchronous {
+            .synchronous(match options.durability {
                 Durability::Full => SqliteSynchronous::Full,
                 Durability::Normal => SqliteSynchronous::Normal,
             })
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        let reads = SqlitePoolOptions::new().max_connections(READ_CONNECTIONS).connect_with(options.clone()).await?;
+        let reads = SqlitePoolOptions::new().max_connections(READ_CONNECTIONS).connect_with(sqlite.clone()).await?;
         // Through the pool: `Migrator::run` on a `&mut SqliteConnection` makes this future
         // not `Send` for every lifetime (a known sqlx limitation), which `tokio::spawn` needs.
         MIGRATOR.run(&reads).await?;
-        let mut conn = <SqliteConnection as sqlx::Connection>::connect_with(&options).await?;
-        let now = config.clock.now_ms();
-        let ttl = config.lease_ttl.as_millis() as i64;
+        let mut conn = <SqliteConnection as sqlx::Connection>::connect_with(&sqlite).await?;
+        let now = options.clock.now_ms();
+        let ttl = options.lease_ttl.as_millis() as i64;
         let graced =
             sqlx::query("UPDATE jobs SET lease_expires_at = max(lease_expires_at, ?1) WHERE state = 'running'")
                 .bind(now + ttl)
@@ -98,9 +120,9 @@ impl Store {
             writer: Writer::spawn(conn, changes_tx, tracker),
             reads,
             changes,
-            clock: config.clock.clone(),
+            clock: options.clock.clone(),
             lease_ttl_ms: ttl,
-            max_attempts: config.max_attempts,
+            max_attempts: options.max_attempts,
         })
     }
 

@@ -703,6 +703,9 @@ impl GradStore {
     /// Adds `grad` to the gradient of `tensor`. The first contribution is stored as it is:
     /// upstream inserted a zero tensor and added to it, an allocation, a memset and a full add
     /// pass per graph edge (lorasweep patch; same values, up to the sign of exact zeros).
+    /// It is stored contiguous, as zeros + add always produced: a first contribution may be a
+    /// strided view (transpose, narrow, broadcast), and no kernel downstream should see one.
+    /// `contiguous()` is free when the gradient already is.
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
@@ -710,13 +713,14 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
-                entry.insert(grad.clone());
+                entry.insert(grad.contiguous()?);
             }
         }
         Ok(())
     }
 
-    /// Subtracts `grad` from the gradient of `tensor` (see [`Self::accumulate`]).
+    /// Subtracts `grad` from the gradient of `tensor` (see [`Self::accumulate`]). `neg()`, like
+    /// `add`/`sub`, writes a fresh contiguous tensor, so every stored gradient is contiguous.
     fn accumulate_neg(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
