@@ -27,6 +27,12 @@ use tokio_util::sync::CancellationToken;
 /// giving up; the lease TTL then requeues the job anyway.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How long an attempt's last words (the final points, `CompleteJob`, `FailJob`) are retried
+/// while the coordinator is unreachable: a restart takes seconds; after this long the lease has
+/// long expired and the job is requeued anyway. A shutting-down worker waits only
+/// [`SHUTDOWN_GRACE`].
+pub(crate) const FINISH_PATIENCE: Duration = Duration::from_secs(600);
+
 /// Why an attempt was dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum StopReason {

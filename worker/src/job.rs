@@ -19,7 +19,7 @@ use tracing::Instrument;
 use crate::{
     artifacts::{self, ArtifactsGrpc, AttemptArtifacts, TrainerArtifacts},
     connect::Authed,
-    control::{JobControl, SHUTDOWN_GRACE, StopReason},
+    control::{FINISH_PATIENCE, JobControl, SHUTDOWN_GRACE, StopReason},
     report::{self, ReportEnd, ReportTarget},
     rpc::{self, Patience},
 };
@@ -27,11 +27,6 @@ use crate::{
 /// Capacity of the trainer → reporter channel. The trainer blocks when it is full, which only
 /// happens if the reporter stops draining (see `report::MAX_PENDING`).
 const POINT_CHANNEL: usize = 1024;
-
-/// How long `CompleteJob` and `FailJob` are retried while the coordinator is unreachable (a
-/// restart takes seconds; after this long the lease has long expired and the job is requeued
-/// anyway). A shutting-down worker waits only [`SHUTDOWN_GRACE`].
-pub(crate) const FINISH_PATIENCE: Duration = Duration::from_secs(600);
 
 /// The [`Progress`] the trainer thread sees: points go into the bounded channel.
 struct ChannelProgress {

@@ -16,8 +16,7 @@ use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
     connect::Authed,
-    control::{JobControl, StopReason},
-    job::FINISH_PATIENCE,
+    control::{FINISH_PATIENCE, JobControl, StopReason},
     rpc::{self, Backoff, Class},
 };
 
