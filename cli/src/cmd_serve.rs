@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 /// Runs the coordinator until ctrl-c/SIGTERM, started as `lorasweep-coordinator` starts it.
 /// Prints `listening on ADDR` once bound, so a caller that asked for port 0 learns the port.
 pub(crate) async fn coordinator(cli: lorasweep_coordinator::Cli) -> anyhow::Result<()> {
-    lorasweep_coordinator::bootstrap::run(cli, |addr| println!("listening on {addr}")).await.context("coordinator failed")
+    lorasweep_coordinator::bootstrap::run(cli, |addr| println!("listening on {addr}"))
+        .await
+        .context("coordinator failed")
 }
 
 /// Runs a worker daemon against `url` until ctrl-c/SIGTERM.

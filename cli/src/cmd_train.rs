@@ -9,8 +9,8 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use lorasweep_common::job::{DataSpec, LoraSpec, ModelSpec, TrainSpec};
 use lorasweep_common::{JobSpec, LoraInit, LossPoint, Series};
-use lorasweep_train::{LocalOpts, train_local};
 use lorasweep_train::Progress;
+use lorasweep_train::{LocalOpts, train_local};
 
 /// Arguments of `lorasweep train`.
 #[derive(Debug, clap::Args)]

@@ -27,8 +27,15 @@ pub enum Projection {
 
 impl Projection {
     /// Every projection, in index order (see the module doc: this order is a seed key).
-    pub const ALL: [Projection; 7] =
-        [Projection::Q, Projection::K, Projection::V, Projection::O, Projection::Gate, Projection::Up, Projection::Down];
+    pub const ALL: [Projection; 7] = [
+        Projection::Q,
+        Projection::K,
+        Projection::V,
+        Projection::O,
+        Projection::Gate,
+        Projection::Up,
+        Projection::Down,
+    ];
 
     /// The Hugging Face / PEFT module names, in [`Projection::ALL`] order.
     pub const NAMES: [&'static str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];

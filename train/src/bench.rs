@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use lorasweep_common::{LoraInit, Projection};
 use lorasweep_common::job::LoraSpec;
+use lorasweep_common::{LoraInit, Projection};
 use rand::Rng;
 
 use super::lora::Adapters;

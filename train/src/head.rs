@@ -33,7 +33,12 @@ pub(crate) fn chunk_elems() -> usize {
 /// scalar in the cross-entropy's work dtype (f32, or f64 for f64 inputs), chunked when the
 /// logits exceed `chunk_elems`. Its gradient with respect to `hidden` is that of
 /// `cross_entropy_sum(head(hidden), targets)`.
-pub(crate) fn head_loss_sum(hidden: &Tensor, head: &FrozenLinear, targets: &Tensor, chunk_elems: usize) -> Result<Tensor> {
+pub(crate) fn head_loss_sum(
+    hidden: &Tensor,
+    head: &FrozenLinear,
+    targets: &Tensor,
+    chunk_elems: usize,
+) -> Result<Tensor> {
     let n = hidden.dim(0)?;
     let rows = (chunk_elems / head.out_dim().max(1)).max(1);
     if n <= rows {

@@ -19,7 +19,10 @@ use super::data::{PackedData, eos_token_id, load_packed};
 use super::lora::Adapters;
 use super::model::{Qwen2Model, resolve_model_dir};
 use super::run::train_loop_from;
-use crate::{TrainError, trainer::{Progress, TrainOutcome, Trainer}};
+use crate::{
+    TrainError,
+    trainer::{Progress, TrainOutcome, Trainer},
+};
 
 /// Parses `cpu`, `cuda` or `cuda:N`.
 ///

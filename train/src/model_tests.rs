@@ -13,7 +13,7 @@ use lorasweep_common::Projection;
 use super::lora::{Adapter, Adapters};
 use super::model::{Qwen2Config, Qwen2Model};
 use super::run::train_loop;
-use crate::{TrainError, trainer::{Progress}};
+use crate::{TrainError, trainer::Progress};
 
 fn tiny_cfg() -> Qwen2Config {
     Qwen2Config {
@@ -31,7 +31,12 @@ fn tiny_cfg() -> Qwen2Config {
 }
 
 fn all_targets(r: usize) -> LoraSpec {
-    LoraSpec { r, alpha: 2.0 * r as f64, dropout: 0.0, targets: Projection::NAMES.iter().map(|s| s.to_string()).collect() }
+    LoraSpec {
+        r,
+        alpha: 2.0 * r as f64,
+        dropout: 0.0,
+        targets: Projection::NAMES.iter().map(|s| s.to_string()).collect(),
+    }
 }
 
 fn ids(b: usize, t: usize, vocab: u32, dev: &Device) -> Tensor {

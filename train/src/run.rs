@@ -28,7 +28,10 @@ use super::lora::{Adapters, DropoutKey};
 use super::model::Qwen2Model;
 use super::optim::{AdamW, AdamWConfig, GradAccum, clip_grad_norm};
 use super::schedule::LinearSchedule;
-use crate::{TrainError, trainer::{Progress, TrainOutcome}};
+use crate::{
+    TrainError,
+    trainer::{Progress, TrainOutcome},
+};
 
 /// Stacks the given blocks into a `[b, t]` u32 tensor.
 fn batch(blocks: &[Vec<u32>], idx: &[usize], dev: &Device) -> Result<Tensor, TrainError> {

@@ -39,8 +39,8 @@ mod tests {
     fn round_trips_values_shapes_and_metadata() -> anyhow::Result<()> {
         let (a, b) = (vec![1.0f32, -2.5, 3.25, 0.0, 5.0, 6.0], vec![7.0f32]);
         let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let bytes = serialize([("a", &[2usize, 3][..], &a[..]), ("b", &[1][..], &b[..])], meta)
-            .map_err(anyhow::Error::msg)?;
+        let bytes =
+            serialize([("a", &[2usize, 3][..], &a[..]), ("b", &[1][..], &b[..])], meta).map_err(anyhow::Error::msg)?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
         assert_eq!(header.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
         let st = safetensors::SafeTensors::deserialize(&bytes)?;

@@ -18,7 +18,13 @@ pub(crate) struct LinearSchedule {
 
 impl LinearSchedule {
     /// The study's schedule for a run.
-    pub(crate) fn new(peak: f64, micro_batches_per_epoch: u64, epochs: u64, grad_accum: u64, warmup_ratio: f64) -> Self {
+    pub(crate) fn new(
+        peak: f64,
+        micro_batches_per_epoch: u64,
+        epochs: u64,
+        grad_accum: u64,
+        warmup_ratio: f64,
+    ) -> Self {
         let total = micro_batches_per_epoch * epochs / grad_accum.max(1);
         // Python `int()` truncates toward zero.
         let warmup = (warmup_ratio * total as f64) as u64;

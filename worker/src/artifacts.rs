@@ -141,7 +141,11 @@ impl AttemptArtifacts {
 
 /// Uploads what arrives on `rx` until the channel closes (the trainer finished). Returns false if
 /// an upload was given up. A refusal saying the lease is gone stops the attempt.
-pub(crate) async fn run_uploader(target: AttemptArtifacts, mut rx: mpsc::Receiver<PendingUpload>, control: Arc<JobControl>) -> bool {
+pub(crate) async fn run_uploader(
+    target: AttemptArtifacts,
+    mut rx: mpsc::Receiver<PendingUpload>,
+    control: Arc<JobControl>,
+) -> bool {
     let mut all = true;
     while let Some(u) = rx.recv().await {
         if control.is_dropped() {

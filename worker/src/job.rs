@@ -225,7 +225,11 @@ async fn finish(ctx: &JobContext, lease: &pb::Lease, result: Result<TrainOutcome
                     // rather than left `running` under a lease nobody renews.
                     tracing::warn!(%job_id, code = ?status.code(), error = %status.message(),
                         "completion not accepted; giving the attempt back");
-                    let why = format!("the coordinator did not accept the completion ({:?}: {})", status.code(), status.message());
+                    let why = format!(
+                        "the coordinator did not accept the completion ({:?}: {})",
+                        status.code(),
+                        status.message()
+                    );
                     fail(ctx, lease, why, true, false).await;
                 }
             }

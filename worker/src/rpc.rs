@@ -196,8 +196,8 @@ mod tests {
         assert_eq!(got.expect("third call succeeds"), 2);
 
         let err = retry("test", forever(), || async { Err::<(), _>(Status::failed_precondition("stale")) })
-        .await
-        .unwrap_err();
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition);
 
         let patience = Patience::within(Duration::from_millis(100), Duration::from_millis(200));
@@ -215,6 +215,10 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(err.code(), Code::Internal);
-        assert_eq!(calls.load(Ordering::SeqCst), SERVER_ERROR_TRIES, "an hour's deadline, but only the server-error budget");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            SERVER_ERROR_TRIES,
+            "an hour's deadline, but only the server-error budget"
+        );
     }
 }

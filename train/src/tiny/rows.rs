@@ -45,7 +45,6 @@ const ADJECTIVES: [&str; 8] = ["happy", "quiet", "brave", "small", "bright", "ge
 const PLACES: [&str; 7] = ["forest", "river", "city", "garden", "mountain", "beach", "café"];
 const NAMES: [&str; 6] = ["Ana", "Ben", "Chloé", "Dev", "Emma", "Felix"];
 
-
 /// Upper-cases the first character (Python `word[:1].upper() + word[1:]`).
 fn cap(word: &str) -> String {
     let mut chars = word.chars();

@@ -91,7 +91,8 @@ fn a_rope_parameters_only_config_gives_generate_the_trainers_logits() -> anyhow:
     // The test tells the two θ apart: the old fallback (10⁴) moves these logits far more.
     let mut cfg = read_config(dir.path())?;
     cfg.rope_theta = 10_000.0;
-    let wrong = last(inference_model(&cfg, merged_weights(dir.path(), None, &dev)?, DType::F32, &dev)?.forward(&ids, 0)?)?;
+    let wrong =
+        last(inference_model(&cfg, merged_weights(dir.path(), None, &dev)?, DType::F32, &dev)?.forward(&ids, 0)?)?;
     let moved = (&trainer - &wrong)?.abs()?.max_all()?.to_scalar::<f32>()?;
     assert!(moved > 100.0 * diff.max(1e-6), "θ = 10⁴ must give other logits ({moved} vs {diff})");
     Ok(())

@@ -10,12 +10,12 @@ use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 use lorasweep_common::job::{DataSpec, LoraSpec, ModelSpec, TrainSpec};
 use lorasweep_common::{JobSpec, LoraInit, LossPoint, Series};
+use lorasweep_train::Progress;
 use lorasweep_train::adapter;
 use lorasweep_train::data::PackedData;
 use lorasweep_train::lora::peft_prefix;
 use lorasweep_train::model::Qwen2Model;
 use lorasweep_train::run::{eval_loss, train_loop};
-use lorasweep_train::Progress;
 use serde_json::Value;
 
 /// Loss tolerance (relative), as the issue asks for f32.
