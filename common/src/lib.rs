@@ -6,6 +6,7 @@
 //! - [`init`]: the five LoRA initialisations of the study, by name.
 //! - [`job`]: [`JobSpec`] (everything a worker needs to run one job), [`LossPoint`], [`Series`].
 //! - [`projection`]: [`Projection`], the seven projections an adapter can target.
+//! - `shutdown` (feature `signal`): ctrl-c or SIGTERM, for the daemons.
 //! - [`state`]: [`JobState`], a job's lifecycle state.
 //! - [`sweep`]: [`SweepSpec`], the sweep file (TOML) and its expansion into jobs.
 //! - [`convert`]: conversions to and from `lorasweep_proto::pb`.
@@ -16,6 +17,8 @@ pub mod error;
 pub mod init;
 pub mod job;
 pub mod projection;
+#[cfg(feature = "signal")]
+pub mod shutdown;
 pub mod state;
 pub mod sweep;
 

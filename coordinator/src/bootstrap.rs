@@ -39,24 +39,6 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
 
 /// Cancels `token` on ctrl-c or SIGTERM.
 pub async fn cancel_on_signal(token: CancellationToken) {
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(cause = %e, "cannot listen for SIGTERM; only ctrl-c stops the coordinator");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-    tracing::info!("shutting down");
+    lorasweep_common::shutdown::signalled("coordinator").await;
     token.cancel();
 }

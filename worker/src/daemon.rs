@@ -153,24 +153,6 @@ async fn register(
 /// Cancels `token` on the first ctrl-c or SIGTERM, which is how `main` starts a graceful
 /// shutdown.
 pub async fn cancel_on_signal(token: CancellationToken) {
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the worker");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-    tracing::info!("shutdown requested");
+    lorasweep_common::shutdown::signalled("worker").await;
     token.cancel();
 }
