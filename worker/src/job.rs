@@ -6,6 +6,9 @@
 //! learns first that the attempt is no longer ours (a heartbeat answering `cancel`, or any call
 //! answered FAILED_PRECONDITION) calls [`JobControl::stop`]: the trainer sees it through
 //! [`Progress::cancelled`] and the job is dropped without another word to the coordinator.
+//! A coordinator that keeps answering errors (see `rpc::Patience`) makes the attempt
+//! [`StopReason::GaveUp`]: it is given back with `FailJob` and the reason, and the daemon leases
+//! the next job.
 
 use std::{sync::Arc, time::Duration};
 
