@@ -11,9 +11,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Var};
-use lorasweep_common::job::LoraSpec;
-
 use lorasweep_common::Projection;
+use lorasweep_common::job::LoraSpec;
 
 use super::lora::{Adapter, Adapters, peft_prefix};
 use super::model::Qwen2Config;
@@ -24,10 +23,6 @@ use crate::safetensors_f32::{self, NamedF32};
 pub const CONFIG_FILE: &str = "adapter_config.json";
 /// The adapter weights file name.
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
-
-fn io(path: &Path, source: std::io::Error) -> TrainError {
-    TrainError::Io { path: path.display().to_string(), source }
-}
 
 /// The `adapter_config.json` document for a job.
 pub fn adapter_config(spec: &LoraSpec, base_model: &str) -> serde_json::Value {
@@ -59,18 +54,17 @@ pub fn adapter_config(spec: &LoraSpec, base_model: &str) -> serde_json::Value {
 /// # Errors
 /// [`TrainError::Io`] for file errors; tensor errors.
 pub fn save(dir: &Path, ads: &Adapters, spec: &LoraSpec, base_model: &str) -> Result<(), TrainError> {
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     let cfg_path = dir.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(&adapter_config(spec, base_model))
         .map_err(|e| TrainError::Invalid(format!("adapter config: {e}")))?;
-    std::fs::write(&cfg_path, text + "\n").map_err(|e| io(&cfg_path, e))?;
+    std::fs::write(&cfg_path, text + "\n").map_err(|e| TrainError::io(&cfg_path, e))?;
 
     let tensors = tensors(ads)?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors_f32::serialize(tensors.iter().map(|(n, s, v)| (n.as_str(), &s[..], &v[..])), meta)
-        .map_err(TrainError::Invalid)?;
+    let bytes = safetensors_f32::serialize_named(&tensors, meta).map_err(TrainError::Invalid)?;
     let path = dir.join(WEIGHTS_FILE);
-    std::fs::write(&path, bytes).map_err(|e| io(&path, e))
+    std::fs::write(&path, bytes).map_err(|e| TrainError::io(&path, e))
 }
 
 /// The adapters' PEFT tensors (`….lora_A.weight`, `….lora_B.weight`) in host f32, as

@@ -234,7 +234,7 @@ pub fn adapter_artifact(
     let tensors = super::adapter::tensors(ads)?;
     let config = serde_json::to_string_pretty(&super::adapter::adapter_config(spec, base_model)).map_err(bad)?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string()), (ADAPTER_CONFIG_KEY.to_string(), config)]);
-    safetensors_f32::serialize(tensors.iter().map(|(n, s, v)| (n.as_str(), &s[..], &v[..])), meta).map_err(bad)
+    safetensors_f32::serialize_named(&tensors, meta).map_err(bad)
 }
 
 /// Writes an [`adapter_artifact`] as a PEFT directory: `adapter_model.safetensors` (the bytes as
@@ -250,12 +250,11 @@ pub fn write_adapter_dir(bytes: &[u8], dir: &std::path::Path) -> Result<(), Trai
         .and_then(|m| m.get(ADAPTER_CONFIG_KEY))
         .ok_or_else(|| bad(format!("adapter: no {ADAPTER_CONFIG_KEY:?} metadata")))?
         .clone();
-    let io = |path: std::path::PathBuf| move |source| TrainError::Io { path: path.display().to_string(), source };
-    std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     let cfg = dir.join(super::adapter::CONFIG_FILE);
-    std::fs::write(&cfg, config + "\n").map_err(io(cfg.clone()))?;
+    std::fs::write(&cfg, config + "\n").map_err(|e| TrainError::io(&cfg, e))?;
     let weights = dir.join(super::adapter::WEIGHTS_FILE);
-    std::fs::write(&weights, bytes).map_err(io(weights.clone()))
+    std::fs::write(&weights, bytes).map_err(|e| TrainError::io(&weights, e))
 }
 
 #[cfg(test)]

@@ -84,10 +84,6 @@ fn data_err(msg: impl Into<String>) -> TrainError {
     TrainError::Data(msg.into())
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> TrainError {
-    TrainError::Io { path: path.display().to_string(), source }
-}
-
 /// Loads both splits from `data_path`, formats, tokenizes and packs them as the study does.
 ///
 /// # Errors
@@ -186,7 +182,7 @@ pub fn eos_token_id(model_dir: &Path, tokenizer: &tokenizers::Tokenizer) -> Resu
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, TrainError> {
-    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))
 }
 

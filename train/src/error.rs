@@ -27,3 +27,10 @@ pub enum TrainError {
     #[error("cancelled")]
     Cancelled,
 }
+
+impl TrainError {
+    /// [`TrainError::Io`] for `path`.
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        TrainError::Io { path: path.display().to_string(), source }
+    }
+}

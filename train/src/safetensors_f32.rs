@@ -31,6 +31,14 @@ pub(crate) fn serialize<'a>(
     safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
 }
 
+/// [`serialize`] of a list of [`NamedF32`].
+///
+/// # Errors
+/// As [`serialize`].
+pub(crate) fn serialize_named(tensors: &[NamedF32], metadata: HashMap<String, String>) -> Result<Vec<u8>, String> {
+    serialize(tensors.iter().map(|(n, s, v)| (n.as_str(), &s[..], &v[..])), metadata)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

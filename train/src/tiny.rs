@@ -36,8 +36,8 @@ use crate::TrainError;
 use crate::safetensors_f32;
 
 mod rows;
+use rows::write_file;
 pub use rows::{generate_rows, write_data};
-use rows::{io_err, write_file};
 
 /// Qwen2.5's pre-tokenizer split regex (from its `tokenizer.json`).
 pub const QWEN_SPLIT_REGEX: &str =
@@ -188,7 +188,7 @@ fn validate(cfg: &TinyModelConfig) -> Result<(), TrainError> {
 /// the safetensors file cannot be built; [`TrainError::Io`] for write failures.
 pub fn write_model(dir: &Path, cfg: &TinyModelConfig) -> Result<TinyModelSummary, TrainError> {
     validate(cfg)?;
-    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
 
     let (corpus_rows, _) = generate_rows(cfg.seed, TOKENIZER_CORPUS_ROWS, 0);
     let corpus = corpus_rows
@@ -243,16 +243,15 @@ pub fn write_model(dir: &Path, cfg: &TinyModelConfig) -> Result<TinyModelSummary
     let params = tensors.iter().map(|(_, _, v)| v.len()).sum();
     let st_path = dir.join("model.safetensors");
     let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
-    let bytes = safetensors_f32::serialize(tensors.iter().map(|(n, s, v)| (n.as_str(), &s[..], &v[..])), metadata)
-        .map_err(TrainError::Model)?;
-    std::fs::write(&st_path, bytes).map_err(|e| io_err(&st_path, e))?;
+    let bytes = safetensors_f32::serialize_named(&tensors, metadata).map_err(TrainError::Model)?;
+    std::fs::write(&st_path, bytes).map_err(|e| TrainError::io(&st_path, e))?;
     Ok(TinyModelSummary { vocab_size, params, eos_id })
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), TrainError> {
     let mut text =
         serde_json::to_vec_pretty(value).map_err(|e| TrainError::Model(format!("{}: {e}", path.display())))?;
-    text.write_all(b"\n").map_err(|e| io_err(path, e))?;
+    text.write_all(b"\n").map_err(|e| TrainError::io(path, e))?;
     write_file(path, &text)
 }
 

@@ -14,7 +14,7 @@ use parquet::{
     record::{Field, Row as ParquetRow},
 };
 
-use super::{Message, Row, Split, data_err, io_err};
+use super::{Message, Row, Split, data_err};
 use crate::TrainError;
 
 /// Resolves `data_path` to a local directory: an existing directory as is, or a hub id
@@ -102,8 +102,8 @@ fn parquet_shards(dir: &Path, split: Split) -> Result<Vec<PathBuf>, TrainError> 
     }
     let prefix = format!("{}-", split.name());
     let mut shards = Vec::new();
-    for entry in std::fs::read_dir(&data).map_err(|e| io_err(&data, e))? {
-        let entry = entry.map_err(|e| io_err(&data, e))?;
+    for entry in std::fs::read_dir(&data).map_err(|e| TrainError::io(&data, e))? {
+        let entry = entry.map_err(|e| TrainError::io(&data, e))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.starts_with(&prefix) && name.ends_with(".parquet") {
@@ -119,10 +119,10 @@ fn parquet_shards(dir: &Path, split: Split) -> Result<Vec<PathBuf>, TrainError> 
 /// # Errors
 /// [`TrainError::Data`] naming the file and line of a row that does not parse.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Row>, TrainError> {
-    let file = File::open(path).map_err(|e| io_err(path, e))?;
+    let file = File::open(path).map_err(|e| TrainError::io(path, e))?;
     let mut rows = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| io_err(path, e))?;
+        let line = line.map_err(|e| TrainError::io(path, e))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -140,7 +140,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Row>, TrainError> {
 /// [`TrainError::Data`] naming the file and row of anything that does not fit the schema.
 pub fn read_parquet(path: &Path) -> Result<Vec<Row>, TrainError> {
     let bad = |e: parquet::errors::ParquetError| data_err(format!("{}: {e}", path.display()));
-    let file = File::open(path).map_err(|e| io_err(path, e))?;
+    let file = File::open(path).map_err(|e| TrainError::io(path, e))?;
     let reader = SerializedFileReader::new(file).map_err(bad)?;
     let mut rows = Vec::new();
     for (i, record) in reader.get_row_iter(None).map_err(bad)?.enumerate() {

@@ -181,12 +181,8 @@ pub fn generate_rows(seed: u64, n_train: usize, n_test: usize) -> (Vec<Row>, Vec
     (train, test)
 }
 
-pub(super) fn io_err(path: &Path, source: std::io::Error) -> TrainError {
-    TrainError::Io { path: path.display().to_string(), source }
-}
-
 pub(super) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    std::fs::write(path, bytes).map_err(|e| io_err(path, e))
+    std::fs::write(path, bytes).map_err(|e| TrainError::io(path, e))
 }
 
 /// Writes `train.jsonl` and `test.jsonl` of [`generate_rows`] into `dir` (created if needed).
@@ -195,7 +191,7 @@ pub(super) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 /// # Errors
 /// [`TrainError::Io`] when the directory or a file cannot be written.
 pub fn write_data(dir: &Path, seed: u64, n_train: usize, n_test: usize) -> Result<[PathBuf; 2], TrainError> {
-    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     let (train, test) = generate_rows(seed, n_train, n_test);
     let mut paths = Vec::with_capacity(2);
     for (name, rows) in [("train.jsonl", train), ("test.jsonl", test)] {
