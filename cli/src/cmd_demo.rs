@@ -127,6 +127,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             },
             synthetic_step_ms: 5,
             max_backoff_ms: 200,
+            metrics_listen: None,
         };
         let config = lorasweep_worker::Config::new(&url, worker_args)?;
         tracker.spawn(lorasweep_worker::run(config, shutdown.child_token()));

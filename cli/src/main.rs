@@ -9,6 +9,7 @@ mod cmd_adapter;
 mod cmd_bench_train;
 mod cmd_demo;
 mod cmd_generate;
+mod cmd_health;
 mod cmd_jobs;
 mod cmd_results;
 mod cmd_serve;
@@ -71,6 +72,8 @@ enum Command {
     Results(cmd_results::ResultsArgs),
     /// Write the study's plots (PNG and SVG) for a sweep.
     Plot(cmd_results::PlotArgs),
+    /// Probe a coordinator (gRPC health) or a worker (`--http URL/healthz`); exit 0 if serving.
+    Health(cmd_health::HealthArgs),
     /// Run the whole system locally on a tiny generated model: the README's first command.
     Demo(cmd_demo::DemoArgs),
     /// Run the coordinator (same flags as `lorasweep-coordinator`).
@@ -141,6 +144,7 @@ fn main() -> anyhow::Result<()> {
         Command::Retry(args) => rt()?.block_on(cmd_sweeps::retry(url, args)),
         Command::Results(args) => rt()?.block_on(cmd_results::results(url, args)),
         Command::Plot(args) => rt()?.block_on(cmd_results::plot(url, args)),
+        Command::Health(args) => rt()?.block_on(cmd_health::run(url, args)),
         Command::Demo(args) => rt()?.block_on(cmd_demo::run(args)),
         Command::Coordinator(args) => rt()?.block_on(cmd_serve::coordinator(args)),
         Command::Worker(args) => rt()?.block_on(cmd_serve::worker(url, &cli.connect, args)),

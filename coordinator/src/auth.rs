@@ -98,6 +98,9 @@ enum Need {
     Worker,
     /// Either token (read-only calls).
     Any,
+    /// No token: the gRPC health protocol, so probes (Docker, Kubernetes, load balancers)
+    /// need no secret. It tells only whether the coordinator serves.
+    Nothing,
 }
 
 impl Need {
@@ -106,6 +109,7 @@ impl Need {
             Need::Admin => "the admin token",
             Need::Worker => "the worker token (or the admin token)",
             Need::Any => "a valid token (worker or admin)",
+            Need::Nothing => "no token",
         }
     }
 }
@@ -115,6 +119,7 @@ impl Need {
 fn need_of(path: &str) -> (Need, &str) {
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or(("", path));
     let need = match (service, method) {
+        ("grpc.health.v1.Health", "Check" | "Watch") => Need::Nothing,
         ("lorasweep.v1.Workers", _) => Need::Worker,
         // Uploads and warnings are fenced worker calls; reading artifacts changes nothing.
         ("lorasweep.v1.Artifacts", "UploadArtifact" | "ReportJobWarning") => Need::Worker,
@@ -130,10 +135,10 @@ fn need_of(path: &str) -> (Need, &str) {
 
 /// Decides one call from its path and `authorization` header value.
 fn check(tokens: &Tokens, path: &str, authorization: Option<&[u8]>) -> Result<(), Status> {
-    if tokens.is_open() {
+    let (need, method) = need_of(path);
+    if tokens.is_open() || need == Need::Nothing {
         return Ok(());
     }
-    let (need, method) = need_of(path);
     let how =
         "send it as `authorization: Bearer <token>` (lorasweep and lorasweep-worker: --token-file or LORASWEEP_TOKEN)";
     let Some(header) = authorization else {
@@ -150,7 +155,7 @@ fn check(tokens: &Tokens, path: &str, authorization: Option<&[u8]>) -> Result<()
     let is_worker = tokens.worker.as_ref().is_some_and(|t| t.matches(presented));
     match (is_admin, is_worker, need) {
         (true, _, _) => Ok(()),
-        (false, true, Need::Worker | Need::Any) => Ok(()),
+        (false, true, Need::Worker | Need::Any | Need::Nothing) => Ok(()),
         (false, true, Need::Admin) => Err(Status::permission_denied(format!(
             "{method} needs the admin token; the worker token only registers, leases, reports and reads"
         ))),
@@ -249,6 +254,11 @@ mod tests {
             assert_eq!(code(path, Some(ADMIN)), Some(Code::Unauthenticated), "no Bearer prefix");
         }
         assert_eq!(check(&Tokens::default(), "/lorasweep.v1.Sweeps/SubmitSweep", None).map_err(|s| s.code()), Ok(()));
+        // Probes carry no secret; only the health protocol's two methods are open.
+        for path in ["/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"] {
+            assert_eq!(code(path, None), None, "{path}");
+        }
+        assert_eq!(code("/grpc.health.v1.Health/Other", None), Some(Code::Unauthenticated));
     }
 
     proptest::proptest! {

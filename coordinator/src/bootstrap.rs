@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Cli, Config, Error, check_exposure, serve_with_metrics};
+use crate::{Cli, Config, Error, Listeners, check_exposure, serve_on};
 
 /// Runs the coordinator `cli` describes until ctrl-c or SIGTERM. `on_bound` is called with the
 /// gRPC address once it is bound (port 0 resolved), before serving starts.
@@ -15,9 +15,9 @@ use crate::{Cli, Config, Error, check_exposure, serve_with_metrics};
 /// # Errors
 /// [`Error::InvalidArgument`] for bad flags, [`Error::Unsafe`] for an exposed address without
 /// tokens (before binding), [`Error::Bind`] when an address cannot be bound, and whatever
-/// [`serve_with_metrics`] fails with.
+/// [`serve_on`] fails with.
 pub async fn run(cli: Cli, on_bound: impl FnOnce(SocketAddr)) -> Result<(), Error> {
-    let (listen, metrics_listen) = (cli.listen, cli.metrics_listen);
+    let (listen, metrics_listen, health_listen) = (cli.listen, cli.metrics_listen, cli.health_listen);
     let config = Config::try_from(cli)?;
     // Refuse before binding, so an unsafe address is never even opened; `serve` checks again.
     check_exposure(listen, &config)?;
@@ -26,11 +26,15 @@ pub async fn run(cli: Cli, on_bound: impl FnOnce(SocketAddr)) -> Result<(), Erro
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
+    let health = match health_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let bound = listener.local_addr().map_err(|source| Error::Bind { addr: listen, source })?;
     on_bound(bound);
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    serve_with_metrics(listener, metrics, config, shutdown).await
+    serve_on(Listeners { grpc: listener, metrics, health }, config, shutdown).await
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {

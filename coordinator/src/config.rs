@@ -64,6 +64,14 @@ pub struct Cli {
     /// Address to serve Prometheus metrics on (`GET /metrics`, plain HTTP, no auth); off if unset.
     #[arg(long, env = "LORASWEEP_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address to serve only the gRPC health protocol on (`grpc.health.v1`), plaintext and
+    /// without tokens, for probes that cannot do TLS; off if unset. The main port serves it too.
+    #[arg(long, env = "LORASWEEP_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+    /// Start even if --data-dir is on a network filesystem (NFS, SMB, Lustre, GPFS, CephFS, 9p,
+    /// FUSE), where SQLite's WAL can corrupt the database.
+    #[arg(long, env = "LORASWEEP_ALLOW_NETWORK_FS")]
+    pub allow_network_fs: bool,
 }
 
 /// Validated coordinator settings.
@@ -91,6 +99,8 @@ pub struct Config {
     pub insecure: bool,
     /// TLS identity; `None` serves plaintext.
     pub tls: Option<TlsIdentity>,
+    /// Start on a network filesystem despite the risk (see [`crate::data_dir`]).
+    pub allow_network_fs: bool,
     /// Most points one ReportPoints stream may carry ([`crate::limits::MAX_POINTS_PER_STREAM`];
     /// tests lower it to reach the limit cheaply).
     pub max_points_per_stream: u64,
@@ -129,6 +139,7 @@ impl Config {
             tokens: Tokens::default(),
             insecure: false,
             tls: None,
+            allow_network_fs: false,
             max_points_per_stream: crate::limits::MAX_POINTS_PER_STREAM,
         }
     }
@@ -199,6 +210,7 @@ impl TryFrom<Cli> for Config {
             _ => {}
         }
         config.insecure = cli.insecure;
+        config.allow_network_fs = cli.allow_network_fs;
         if let (Some(cert), Some(key)) = (cli.tls_cert, cli.tls_key) {
             config.tls = Some(TlsIdentity { cert_pem: read(&cert, "--tls-cert")?, key_pem: read(&key, "--tls-key")? });
         }

@@ -36,6 +36,34 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// `--data-dir` names something that is not a directory.
+    #[error("data directory {}: not a directory (it exists as a file); give a directory path", .0.display())]
+    NotADirectory(std::path::PathBuf),
+    /// The data directory is on a network filesystem, where SQLite's WAL is unsafe.
+    #[error(
+        "data directory {}: on a {} filesystem ({} mounted at {}); SQLite's WAL needs the shared memory and \
+         locks of one host, which network filesystems do not provide (https://sqlite.org/wal.html). Keep the data \
+         dir on the coordinator's local disk (share only the HF cache), or pass --allow-network-fs to start anyway",
+        path.display(), mount.fs_type, mount.source, mount.mount_point.display()
+    )]
+    NetworkFilesystem {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What it is mounted on.
+        mount: crate::data_dir::Mount,
+    },
+    /// Another coordinator holds the data directory's lock.
+    #[error(
+        "data directory {}: another coordinator is using it ({holder}); one coordinator per data dir — stop \
+         that one, or give this one its own --data-dir",
+        path.display()
+    )]
+    DataDirLocked {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Who holds it, as its lock file says (`pid N on host H since T`).
+        holder: String,
+    },
     /// An address could not be bound (in use, not local, no permission).
     #[error("binding {addr}: {source}")]
     Bind {

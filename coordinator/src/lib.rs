@@ -7,8 +7,9 @@
 //!
 //! # Layout
 //! - [`config`]: command-line flags ([`Cli`]) and the validated [`Config`].
-//! - [`bootstrap`]: flags → checked address → bound listeners → [`serve_with_metrics`], for
+//! - [`bootstrap`]: flags → checked address → bound listeners → [`serve_on`], for
 //!   both binaries that start a coordinator.
+//! - [`data_dir`]: the data directory's lock and its local-filesystem check.
 //! - [`clock`]: [`Clock`], with [`SystemClock`] and the tests' [`ManualClock`].
 //! - [`error`]: [`Error`], the one error type.
 //! - `store`: every SQL statement, and the writer task; [`Durability`].
@@ -17,11 +18,15 @@
 //! - [`auth`]: the admin and worker bearer tokens, checked in a layer before every call.
 //! - [`limits`]: the size limits of what is accepted.
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
+//!
+//! The standard gRPC health protocol (`grpc.health.v1.Health`) is served on the main port,
+//! without tokens, and optionally alone on a plaintext port ([`Listeners::health`]).
 
 pub mod auth;
 pub mod bootstrap;
 pub mod clock;
 pub mod config;
+pub mod data_dir;
 pub mod error;
 mod grpc;
 pub mod limits;
@@ -41,8 +46,14 @@ use lorasweep_proto::pb::{
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::server::NamedService;
 use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
+
+const SWEEPS: &str = <SweepsServer<grpc::sweeps::SweepsService> as NamedService>::NAME;
+const WORKERS: &str = <WorkersServer<grpc::workers::WorkersService> as NamedService>::NAME;
+const ARTIFACTS: &str = <ArtifactsServer<grpc::artifacts::ArtifactsService> as NamedService>::NAME;
 
 /// Refuses an address other hosts can reach when no token is configured, unless the operator
 /// said `insecure`: a coordinator hands out work and takes sweeps from whoever can connect.
@@ -67,31 +78,52 @@ pub fn check_exposure(addr: SocketAddr, config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// [`serve_with_metrics`] without a metrics endpoint.
-///
-/// # Errors
-/// As [`serve_with_metrics`].
-pub async fn serve(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    serve_with_metrics(listener, None, config, shutdown).await
+/// The sockets a coordinator serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC: the services, behind tokens and TLS when configured, and the health protocol.
+    pub grpc: TcpListener,
+    /// Prometheus `GET /metrics` (plain HTTP, no auth).
+    pub metrics: Option<TcpListener>,
+    /// The gRPC health protocol alone, plaintext and without tokens, for probes.
+    pub health: Option<TcpListener>,
 }
 
-/// Opens the database in `config.data_dir` (applying migrations), then serves gRPC on `listener`
-/// until `shutdown` is cancelled. On shutdown it stops accepting calls, lets calls in flight
-/// finish, drains the writer and returns.
-///
-/// Every call passes [`auth`] first; with `config.tls` the connection is TLS. If
-/// `metrics_listener` is given, Prometheus metrics are served there at `/metrics`.
+/// [`serve_on`] with only the gRPC listener.
 ///
 /// # Errors
-/// [`Error::Unsafe`] (before anything is opened) if [`check_exposure`] refuses the address or the
-/// TLS identity is unusable; [`Error::DataDir`], [`Error::Database`] or [`Error::Migrate`] if the
-/// database cannot be opened; [`Error::Transport`] if serving fails.
+/// As [`serve_on`].
+pub async fn serve(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    serve_on(Listeners { grpc: listener, metrics: None, health: None }, config, shutdown).await
+}
+
+/// [`serve_on`] with the gRPC and metrics listeners.
+///
+/// # Errors
+/// As [`serve_on`].
 pub async fn serve_with_metrics(
     listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
+    metrics: Option<TcpListener>,
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    serve_on(Listeners { grpc: listener, metrics, health: None }, config, shutdown).await
+}
+
+/// Takes the data directory ([`data_dir`]: local disk, one coordinator), opens the database in it
+/// (applying migrations), then serves until `shutdown` is cancelled. On shutdown the health
+/// protocol turns NOT_SERVING, it stops accepting calls, lets calls in flight finish, drains the
+/// writer and returns.
+///
+/// Every call passes [`auth`] first; with `config.tls` the connection is TLS.
+///
+/// # Errors
+/// [`Error::Unsafe`] (before anything is opened) if [`check_exposure`] refuses the address or the
+/// TLS identity is unusable; [`Error::NotADirectory`], [`Error::NetworkFilesystem`],
+/// [`Error::DataDirLocked`], [`Error::DataDir`], [`Error::Database`] or [`Error::Migrate`] if the
+/// database cannot be opened; [`Error::Transport`] if serving fails.
+pub async fn serve_on(listeners: Listeners, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let Listeners { grpc: listener, metrics: metrics_listener, health: health_listener } = listeners;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Unsafe(format!("cannot tell which address the listener is bound to: {e}")))?;
@@ -103,10 +135,12 @@ pub async fn serve_with_metrics(
             .tls_config(ServerTlsConfig::new().identity(identity))
             .map_err(|e| Error::Unsafe(format!("--tls-cert/--tls-key are unusable: {e}")))?;
     }
+    let _data_dir = data_dir::prepare(&config.data_dir, config.allow_network_fs)?;
     let tracker = TaskTracker::new();
     // Our own child token: background tasks stop when serving ends for any reason.
     let stop = shutdown.child_token();
     let store = store::Store::open(&config.store_options(), &tracker).await?;
+    let (health, health_service) = tonic_health::server::health_reporter();
     // Counters shared by the handlers, the reaper, the auth layer and the endpoint.
     let metrics = Arc::new(metrics::Metrics::default());
     tracker.spawn(reaper::run(store.clone(), config.reap_interval, metrics.clone(), stop.clone()));
@@ -130,6 +164,28 @@ pub async fn serve_with_metrics(
     if let Some(listener) = metrics_listener {
         tracker.spawn(metrics::serve(listener, metrics.clone(), store.clone(), tracker.clone(), stop.clone()));
     }
+    if let Some(listener) = health_listener {
+        info!(addr = ?listener.local_addr().ok(), "gRPC health serving (plaintext, no tokens)");
+        let service = health_service.clone();
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            let served = Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                warn!(cause = %e, "the health listener failed");
+            }
+        });
+    }
+    set_health(&health, ServingStatus::Serving).await;
+    {
+        let (health, stop) = (health.clone(), stop.clone());
+        tracker.spawn(async move {
+            stop.cancelled().await;
+            set_health(&health, ServingStatus::NotServing).await;
+        });
+    }
     let auth = auth::AuthLayer { tokens: Arc::new(config.tokens.clone()), metrics };
     info!(
         %addr,
@@ -140,6 +196,7 @@ pub async fn serve_with_metrics(
     );
     let served = builder
         .layer(auth)
+        .add_service(health_service)
         .add_service(SweepsServer::new(sweeps).max_decoding_message_size(limits::MAX_MESSAGE_BYTES))
         .add_service(WorkersServer::new(workers).max_decoding_message_size(limits::MAX_MESSAGE_BYTES))
         .add_service(ArtifactsServer::new(artifacts).max_decoding_message_size(limits::MAX_MESSAGE_BYTES))
@@ -156,4 +213,11 @@ pub async fn serve_with_metrics(
     tracker.wait().await;
     info!("coordinator stopped");
     Ok(served?)
+}
+
+/// Sets the overall status ("") and each service's.
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for service in ["", SWEEPS, WORKERS, ARTIFACTS] {
+        health.set_service_status(service, status).await;
+    }
 }

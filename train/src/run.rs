@@ -175,6 +175,7 @@ pub fn train_loop_from(
             drop(grads);
             group_losses.push(loss_val);
             tokens += ids.elem_count() as u64;
+            progress.tokens(ids.elem_count() as u64);
             global += 1;
             if (i + 1) % t.grad_accum == 0 {
                 let mut g = std::mem::take(&mut accum.sums);

@@ -31,6 +31,11 @@ pub trait Progress {
     /// True once the job should stop (lease lost, job cancelled, worker shutting down).
     /// Trainers check it at least once per micro-batch.
     fn cancelled(&self) -> bool;
+    /// `n` more tokens went through a forward and backward pass (once per micro-batch), for
+    /// live throughput figures. The default ignores them.
+    fn tokens(&mut self, n: u64) {
+        let _ = n;
+    }
     /// A checkpoint taken after optimizer step `step` (every `train.checkpoint_every` steps),
     /// serialised by [`crate::checkpoint::Checkpoint::to_bytes`]. The default drops it:
     /// only a `Progress` that stores checkpoints makes a run resumable.

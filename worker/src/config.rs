@@ -47,6 +47,10 @@ pub struct WorkerArgs {
     /// coordinator is unreachable (the wait doubles from 50 ms up to this).
     #[arg(long, env = "LORASWEEP_MAX_BACKOFF_MS", default_value_t = 2000)]
     pub max_backoff_ms: u64,
+    /// Address to serve Prometheus `GET /metrics` and the `GET /healthz` probe on (plain HTTP,
+    /// no auth); off if unset.
+    #[arg(long, env = "LORASWEEP_WORKER_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The worker binary's flags.
@@ -85,6 +89,8 @@ pub struct Config {
     pub max_backoff: Duration,
     /// How to reach and authenticate to the coordinator.
     pub remote: Remote,
+    /// Where `/metrics` and `/healthz` are served, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -124,6 +130,7 @@ impl Config {
             synthetic_step: Duration::from_millis(args.synthetic_step_ms),
             max_backoff: Duration::from_millis(args.max_backoff_ms),
             remote: Remote::plain(coordinator),
+            metrics_listen: args.metrics_listen,
         })
     }
 

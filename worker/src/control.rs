@@ -74,6 +74,11 @@ impl PointLedger {
         self.done.send_modify(|d| *d += n);
     }
 
+    /// Points sent and not yet done with (buffered, in flight, or waiting for a coordinator).
+    pub(crate) fn pending(&self) -> u64 {
+        self.sent().saturating_sub(*self.done.borrow())
+    }
+
     /// Resolves once the reporter is done with at least `n` points.
     pub(crate) async fn wait_done(&self, n: u64) {
         let mut done = self.done.subscribe();

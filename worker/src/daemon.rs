@@ -6,7 +6,7 @@
 //! it. Shutdown (the token) stops the running trainer, reports what it produced, releases the
 //! lease with `FailJob { released: true }` and returns.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use lorasweep_proto::pb::{self, workers_client::WorkersClient};
 use tokio_util::sync::CancellationToken;
@@ -18,7 +18,9 @@ use crate::{
     artifacts::ArtifactsGrpc,
     connect::Authed,
     job::{self, JobContext},
+    metrics,
     rpc::{self, Backoff},
+    status::{State, WorkerStatus},
 };
 
 /// Per-call timeout: generous for a loaded coordinator, short enough that a hung connection is
@@ -47,6 +49,20 @@ pub fn make_trainer(config: &Config) -> Result<Box<dyn Trainer>, WorkerError> {
 /// Only for problems that retrying cannot fix: an unusable coordinator URL or trainer.
 /// An unreachable coordinator is waited for, not an error.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    // What `--metrics-listen` shows; `status` below is always a gRPC status.
+    let live = Arc::new(WorkerStatus::new(&config.name, &config.device, config.trainer.name()));
+    if let Some(addr) = config.metrics_listen {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| WorkerError::Bind { addr, source })?;
+        tokio::spawn(metrics::serve(listener, live.clone(), shutdown.clone()));
+    }
+    {
+        let (status, shutdown) = (live.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            status.set_state(State::Stopping);
+        });
+    }
     let mut trainer = make_trainer(&config)?;
     let endpoint = config.remote.endpoint()?.timeout(CALL_TIMEOUT).connect_timeout(CONNECT_TIMEOUT);
     // Lazy: the channel (re)connects on use, so a coordinator restart needs nothing from us.
@@ -57,7 +73,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         config.remote.authed(config.remote.endpoint()?.connect_timeout(CONNECT_TIMEOUT).connect_lazy()),
     );
 
-    let Some(mut ctx) = register(&config, &client, &artifacts, &shutdown).await else {
+    let Some(mut ctx) = register(&config, &client, &artifacts, &live, &shutdown).await else {
         return Ok(());
     };
     let mut idle = Backoff::new(config.max_backoff);
@@ -69,6 +85,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         match leased {
             Ok(resp) => match resp.into_inner().lease {
                 Some(lease) => {
+                    live.contact();
                     idle.reset();
                     trainer = match job::run_job(&ctx, lease, trainer).await {
                         Some(t) => t,
@@ -76,12 +93,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
                     };
                     continue;
                 }
-                None => tracing::debug!("no queued job"),
+                None => {
+                    live.contact();
+                    tracing::debug!("no queued job");
+                }
             },
             Err(status) if status.code() == tonic::Code::NotFound => {
                 // The coordinator forgot us (a fresh database): register again.
                 tracing::warn!(error = %status.message(), "coordinator does not know this worker; registering again");
-                match register(&config, &client, &artifacts, &shutdown).await {
+                match register(&config, &client, &artifacts, &live, &shutdown).await {
                     Some(c) => ctx = c,
                     None => break,
                 }
@@ -107,8 +127,12 @@ async fn register(
     config: &Config,
     client: &WorkersClient<Authed>,
     artifacts: &ArtifactsGrpc,
+    live: &Arc<WorkerStatus>,
     shutdown: &CancellationToken,
 ) -> Option<JobContext> {
+    if !shutdown.is_cancelled() {
+        live.set_state(State::Registering);
+    }
     let req = pb::RegisterWorkerRequest {
         name: config.name.clone(),
         device: config.device.clone(),
@@ -123,7 +147,12 @@ async fn register(
                 let heartbeat_every = Duration::from_millis(resp.heartbeat_interval_ms.max(10));
                 tracing::info!(worker_id = %resp.worker_id, name = %config.name, lease_ttl_ms = resp.lease_ttl_ms,
                     heartbeat_ms = heartbeat_every.as_millis() as u64, "registered with the coordinator");
+                live.registered(&resp.worker_id);
+                if !shutdown.is_cancelled() {
+                    live.set_state(State::Idle);
+                }
                 return Some(JobContext {
+                    status: live.clone(),
                     client: client.clone(),
                     artifacts: artifacts.clone(),
                     worker_id: resp.worker_id,

@@ -12,6 +12,14 @@ pub enum WorkerError {
     /// The selected trainer cannot be constructed in this build or on this machine.
     #[error("trainer unavailable: {0}")]
     TrainerUnavailable(String),
+    /// The `--metrics-listen` address could not be bound.
+    #[error("--metrics-listen {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The coordinator URL does not parse as a gRPC endpoint.
     #[error("coordinator URL {url:?}: {source}")]
     Endpoint {

@@ -25,6 +25,7 @@ use crate::{
     control::{FINISH_PATIENCE, JobControl, SHUTDOWN_GRACE, StopReason},
     report::{self, ReportEnd, ReportTarget},
     rpc::{self, Patience},
+    status::WorkerStatus,
 };
 
 /// Capacity of the trainer → reporter channel. The trainer blocks when it is full, which only
@@ -35,6 +36,7 @@ const POINT_CHANNEL: usize = 1024;
 struct ChannelProgress {
     tx: mpsc::Sender<LossPoint>,
     control: Arc<JobControl>,
+    status: Arc<WorkerStatus>,
     /// Checkpoint/adapter uploads, resume downloads and warnings.
     artifacts: TrainerArtifacts,
 }
@@ -55,6 +57,10 @@ impl Progress for ChannelProgress {
 
     fn cancelled(&self) -> bool {
         self.control.is_dropped() || self.control.shutting_down()
+    }
+
+    fn tokens(&mut self, n: u64) {
+        self.status.add_tokens(n);
     }
 
     fn checkpoint(&mut self, step: u64, bytes: Vec<u8>) {
@@ -89,6 +95,8 @@ pub(crate) struct JobContext {
     pub(crate) max_backoff: Duration,
     /// The worker's shutdown token.
     pub(crate) shutdown: CancellationToken,
+    /// What `/metrics` and `/healthz` show.
+    pub(crate) status: Arc<WorkerStatus>,
 }
 
 /// Runs `lease` to the end and reports the result. Returns the trainer for the next job, or
@@ -109,6 +117,7 @@ pub(crate) async fn run_job(ctx: &JobContext, lease: pb::Lease, trainer: Box<dyn
     tracing::info!(%job_id, attempt, init = %spec.init, lr = spec.lr, seed = spec.seed, "leased job");
 
     let control = Arc::new(JobControl::new(ctx.shutdown.clone()));
+    ctx.status.begin(&job_id, attempt, control.clone());
     let (tx, rx) = mpsc::channel(POINT_CHANNEL);
     let target =
         ReportTarget { client: ctx.client.clone(), job_id: job_id.clone(), attempt, max_backoff: ctx.max_backoff };
@@ -131,6 +140,7 @@ pub(crate) async fn run_job(ctx: &JobContext, lease: pb::Lease, trainer: Box<dyn
     let mut progress = ChannelProgress {
         tx,
         control: control.clone(),
+        status: ctx.status.clone(),
         artifacts: TrainerArtifacts {
             target: artifact_target,
             uploads: upload_tx,
@@ -181,6 +191,10 @@ pub(crate) async fn run_job(ctx: &JobContext, lease: pb::Lease, trainer: Box<dyn
     }
     heartbeat_done.cancel();
     let _ = heartbeat.await;
+    if control.reason() == Some(StopReason::LeaseLost) {
+        ctx.status.lease_lost();
+    }
+    ctx.status.end();
     trainer
 }
 
@@ -324,7 +338,10 @@ async fn send_heartbeat(ctx: &JobContext, job_id: &str, attempt: u32, control: &
             control.stop(StopReason::Cancelled);
             false
         }
-        Ok(_) => true,
+        Ok(_) => {
+            ctx.status.contact();
+            true
+        }
         Err(status) if rpc::is_lease_lost(&status) => {
             tracing::warn!(%job_id, attempt, error = %status.message(), "heartbeat rejected: lease lost");
             control.stop(StopReason::LeaseLost);
@@ -333,6 +350,7 @@ async fn send_heartbeat(ctx: &JobContext, job_id: &str, attempt: u32, control: &
         Err(status) => {
             tracing::warn!(%job_id, code = ?status.code(), error = %status.message(),
                 coordinator_unreachable = true, "heartbeat failed; will keep trying");
+            ctx.status.heartbeat_failed();
             true
         }
     }

@@ -15,6 +15,8 @@
 //! - [`artifacts`]: checkpoint and adapter transfer to and from the coordinator's artifact
 //!   store; [`artifacts::download_verified`] and [`ArtifactTransfer`] serve the CLI too.
 //! - `rpc`: error classes, retry budgets and backoff for coordinator calls.
+//! - `status`: what the worker is doing now (state, attempt, step, counters), for
+//! - `metrics`: the `--metrics-listen` endpoint, Prometheus `/metrics` and `/healthz`.
 //! - [`error`]: what can stop the daemon, [`WorkerError`].
 
 pub mod artifacts;
@@ -24,8 +26,10 @@ mod control;
 pub mod daemon;
 pub mod error;
 mod job;
+mod metrics;
 mod report;
 mod rpc;
+mod status;
 
 pub use artifacts::{ArtifactTransfer, TransferError};
 pub use config::{Config, TrainerKind, WorkerArgs, WorkerCli};

@@ -173,6 +173,7 @@ async fn start(fake: &Fake, step_ms: u64) -> anyhow::Result<(CancellationToken, 
         trainer: TrainerKind::Synthetic,
         synthetic_step_ms: step_ms,
         max_backoff_ms: 100,
+        metrics_listen: None,
     };
     let worker = tokio::spawn(lorasweep_worker::run(Config::new(&url, args)?, stop.clone()));
     Ok((stop, worker))
@@ -346,6 +347,7 @@ async fn unusable_trainer_device_is_a_clear_startup_error() -> anyhow::Result<()
         trainer: TrainerKind::Candle,
         synthetic_step_ms: 0,
         max_backoff_ms: 100,
+        metrics_listen: None,
     };
     let config = Config::new("http://127.0.0.1:9", args)?;
     let run = lorasweep_worker::run(config, CancellationToken::new());

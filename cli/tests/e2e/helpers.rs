@@ -118,6 +118,7 @@ pub(crate) fn spawn_worker_with(
         trainer: lorasweep_worker::TrainerKind::Synthetic,
         synthetic_step_ms: step_ms,
         max_backoff_ms: 200,
+        metrics_listen: None,
     };
     let config = lorasweep_worker::Config::new(url, args)?.with_connect(connect)?;
     let shutdown = CancellationToken::new();
