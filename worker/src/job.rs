@@ -343,7 +343,7 @@ async fn send_heartbeat(ctx: &JobContext, job_id: &str, attempt: u32, control: &
             true
         }
         Err(status) if rpc::is_lease_lost(&status) => {
-            tracing::warn!(%job_id, attempt, error = %status.message(), "heartbeat rejected: lease lost");
+            tracing::warn!(%job_id, attempt, code = ?status.code(), error = %status.message(), "heartbeat rejected: lease lost");
             control.stop(StopReason::LeaseLost);
             false
         }

@@ -154,7 +154,7 @@ impl Flusher {
         };
         match rpc::classify(&status) {
             Class::LeaseLost => {
-                tracing::warn!(job_id = %target.job_id, attempt = target.attempt, error = %status.message(),
+                tracing::warn!(job_id = %target.job_id, attempt = target.attempt, code = ?status.code(), error = %status.message(),
                     "coordinator rejected points: lease lost; dropping the job");
                 control.stop(StopReason::LeaseLost);
             }
