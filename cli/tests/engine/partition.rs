@@ -7,6 +7,7 @@
 
 use std::{
     collections::HashMap,
+    process::Command,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -197,6 +198,11 @@ async fn a_140_job_sweep_survives_a_kill_a_partition_and_a_coordinator_restart()
         secs(t_kill, t_disconnect),
         restart_took.as_secs_f64(),
         sweep_took.as_secs_f64()
+    );
+    let logs = Command::new("docker").args(["logs", &coord]).output()?;
+    ensure!(
+        !logs.stdout.windows(2).chain(logs.stderr.windows(2)).any(|w| w == b"\x1b["),
+        "the coordinator writes ANSI colour codes into a non-terminal log"
     );
     ensure!(before_restart < JOBS as u64, "the sweep ended before the coordinator restart; the restart tested nothing");
     ensure!(secs(t_disconnect, expiry) >= TTL_S as f64 - 0.5, "the lease expired before its TTL");
