@@ -31,7 +31,7 @@ pub(crate) struct TestCoordinator {
 static TRACING: Once = Once::new();
 
 /// Silent unless `TEST_LOG` is set.
-fn init_tracing() {
+pub(crate) fn init_tracing() {
     TRACING.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
             tracing_subscriber::fmt()

@@ -3,6 +3,7 @@
 mod artifacts;
 mod catalogue;
 mod fuzz;
+mod health;
 mod helpers;
 mod leases;
 mod lifecycle;
