@@ -128,6 +128,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             synthetic_step_ms: 5,
             max_backoff_ms: 200,
             metrics_listen: None,
+            shutdown_grace: std::time::Duration::from_secs(5),
+            exit_when_idle: None,
         };
         let config = lorasweep_worker::Config::new(&url, worker_args)?;
         tracker.spawn(lorasweep_worker::run(config, shutdown.child_token()));

@@ -14,14 +14,16 @@ pub(crate) async fn coordinator(cli: lorasweep_coordinator::Cli) -> anyhow::Resu
         .context("coordinator failed")
 }
 
-/// Runs a worker daemon against `url` until ctrl-c/SIGTERM.
+/// Runs a worker daemon against `url` until ctrl-c/SIGTERM (or `--exit-when-idle`); returns
+/// the exit status `lorasweep-worker` would (see its doc: 75 after an interrupted job).
 pub(crate) async fn worker(
     url: &str,
     connect: &lorasweep_worker::ConnectArgs,
     args: lorasweep_worker::WorkerArgs,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<i32> {
     let config = lorasweep_worker::Config::new(url, args)?.with_connect(connect)?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(lorasweep_worker::daemon::cancel_on_signal(shutdown.clone()));
-    lorasweep_worker::run(config, shutdown).await.context("worker failed")
+    let (soft, hard) = (CancellationToken::new(), CancellationToken::new());
+    tokio::spawn(lorasweep_worker::daemon::cancel_on_signals(soft.clone(), hard.clone()));
+    let stopped = lorasweep_worker::daemon::run_until(config, soft, hard).await.context("worker failed")?;
+    Ok(stopped.exit_code())
 }

@@ -147,7 +147,13 @@ fn main() -> anyhow::Result<()> {
         Command::Health(args) => rt()?.block_on(cmd_health::run(url, args)),
         Command::Demo(args) => rt()?.block_on(cmd_demo::run(args)),
         Command::Coordinator(args) => rt()?.block_on(cmd_serve::coordinator(args)),
-        Command::Worker(args) => rt()?.block_on(cmd_serve::worker(url, &cli.connect, args)),
+        Command::Worker(args) => {
+            let code = rt()?.block_on(cmd_serve::worker(url, &cli.connect, args))?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Command::Bench { which: BenchCommand::Coordinator(args) } => rt()?.block_on(bench_coordinator::run(url, args)),
         Command::Bench { which: BenchCommand::Train(args) } => cmd_bench_train::run(args),
         Command::Bench { which: BenchCommand::JobSwitch(args) } => bench_switch::run(args),

@@ -189,7 +189,10 @@ pub fn train_loop_from(
                 tracing::debug!(step = opt_step, loss = mean, lr, grad_norm = norm, "train");
                 progress.point(LossPoint { series: Series::Train, step: opt_step, loss: mean });
                 diverged |= diverges(mean, t.divergence_threshold);
-                if t.checkpoint_every > 0 && opt_step.is_multiple_of(t.checkpoint_every) {
+                // Asked once per step: the answer may change between two reads.
+                let stop = progress.stop_requested();
+                let periodic = t.checkpoint_every > 0 && opt_step.is_multiple_of(t.checkpoint_every);
+                if periodic || stop {
                     // The next micro-batch is i + 1 of this epoch, or the next epoch's first.
                     let (epoch_next, micro_next) =
                         if i + 1 == n_micro as usize { (epoch + 1, 0) } else { (epoch, i + 1) };
@@ -212,6 +215,10 @@ pub fn train_loop_from(
                         "checkpoint"
                     );
                     progress.checkpoint(opt_step, bytes);
+                }
+                if stop {
+                    tracing::info!(step = opt_step, "stopping at a step boundary after a checkpoint (shutdown)");
+                    return Err(TrainError::Cancelled);
                 }
             }
         }

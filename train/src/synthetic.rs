@@ -109,13 +109,16 @@ impl Trainer for SyntheticTrainer {
         let mut last_eval = Some(first.loss);
         note(progress, first);
         let mut stopped_early = false;
+        let tokens_per_step = accum * train.micro_batch as u64 * job.data.max_length as u64;
         for step in 1..=steps {
-            if progress.cancelled() {
+            // Every step is a boundary, and there is no state worth a checkpoint.
+            if progress.cancelled() || progress.stop_requested() {
                 return Err(TrainError::Cancelled);
             }
             if !self.step_time.is_zero() {
                 thread::sleep(self.step_time);
             }
+            progress.tokens(tokens_per_step);
             let u = step as f64 / steps as f64;
             note(progress, LossPoint { series: Series::Train, step, loss: curve.train(u, step) });
             // Evals run at micro-batch multiples of eval_every that fall inside this step's group.

@@ -28,9 +28,16 @@ pub trait Progress {
     fn total_steps(&mut self, steps: u64);
     /// A new loss point. Must not block for long; the daemon buffers behind a bounded channel.
     fn point(&mut self, point: LossPoint);
-    /// True once the job should stop (lease lost, job cancelled, worker shutting down).
+    /// True once the job must stop now (lease lost, job cancelled, a hard shutdown).
     /// Trainers check it at least once per micro-batch.
     fn cancelled(&self) -> bool;
+    /// True once the job should stop at the next optimizer-step boundary, after handing over a
+    /// [`Progress::checkpoint`] of that step (a preempted worker: SIGTERM), so that the next
+    /// attempt resumes there. The trainer then returns [`TrainError::Cancelled`]. The default
+    /// never asks.
+    fn stop_requested(&self) -> bool {
+        false
+    }
     /// `n` more tokens went through a forward and backward pass (once per micro-batch), for
     /// live throughput figures. The default ignores them.
     fn tokens(&mut self, n: u64) {

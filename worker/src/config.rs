@@ -51,6 +51,18 @@ pub struct WorkerArgs {
     /// no auth); off if unset.
     #[arg(long, env = "LORASWEEP_WORKER_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// From the first SIGTERM (or ctrl-c) to the exit: the trainer stops at the next optimizer
+    /// step, writes a checkpoint of it, uploads it and releases the lease within this; once
+    /// only a few seconds of it are left (or on a second signal) the lease is released without
+    /// the checkpoint. Keep it under the engine's kill timeout (Slurm's KillWait after the
+    /// `--signal` lead, Kubernetes' terminationGracePeriodSeconds, `docker stop -t`).
+    #[arg(long, env = "LORASWEEP_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Exit (status 0) once the coordinator has answered "no job" for this long (e.g. `5m`), so a
+    /// Slurm allocation or a Kubernetes Job ends with the sweep. Time the coordinator is
+    /// unreachable does not count. Off if unset.
+    #[arg(long, env = "LORASWEEP_EXIT_WHEN_IDLE", value_parser = humantime::parse_duration)]
+    pub exit_when_idle: Option<Duration>,
 }
 
 /// The worker binary's flags.
@@ -91,6 +103,10 @@ pub struct Config {
     pub remote: Remote,
     /// Where `/metrics` and `/healthz` are served, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// From the first signal to the exit (see [`WorkerArgs::shutdown_grace`]).
+    pub shutdown_grace: Duration,
+    /// Exit once idle this long.
+    pub exit_when_idle: Option<Duration>,
 }
 
 impl Config {
@@ -110,6 +126,25 @@ impl Config {
             || device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
         if !device_ok {
             return Err(WorkerError::Config(format!("--device {device:?}: expected `cpu`, `cuda` or `cuda:N`")));
+        }
+        if device.starts_with("cuda") {
+            visible_gpus(
+                &device,
+                std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+                std::env::var("SLURM_JOB_ID").ok().as_deref(),
+            )
+            .map_err(WorkerError::Config)?;
+        }
+        if args.shutdown_grace < Duration::from_secs(1) {
+            return Err(WorkerError::Config(format!(
+                "--shutdown-grace {}: too short to release a lease; allowed: ≥ 1s",
+                humantime::format_duration(args.shutdown_grace)
+            )));
+        }
+        if args.exit_when_idle.is_some_and(|d| d.is_zero()) {
+            return Err(WorkerError::Config(
+                "--exit-when-idle 0s would exit before the first lease; allowed: > 0".into(),
+            ));
         }
         if args.max_backoff_ms == 0 {
             return Err(WorkerError::Config("--max-backoff-ms must be positive".into()));
@@ -131,6 +166,8 @@ impl Config {
             max_backoff: Duration::from_millis(args.max_backoff_ms),
             remote: Remote::plain(coordinator),
             metrics_listen: args.metrics_listen,
+            shutdown_grace: args.shutdown_grace,
+            exit_when_idle: args.exit_when_idle,
         })
     }
 
@@ -141,6 +178,45 @@ impl Config {
     pub fn with_connect(mut self, connect: &ConnectArgs) -> Result<Self, WorkerError> {
         self.remote = Remote::new(&self.coordinator, connect)?;
         Ok(self)
+    }
+}
+
+/// Checks that `device` (`cuda` or `cuda:N`) names a GPU this process can see, from the
+/// `CUDA_VISIBLE_DEVICES` value (`cvd`) and whether it runs inside a Slurm job. Slurm sets the
+/// variable to the GPUs it bound to the task, and to `NoDevFiles` (or leaves it unset) when the
+/// job asked for none: a worker that then trained on "cuda" would fail later, or take a GPU
+/// another task owns.
+///
+/// # Errors
+/// A message naming the variable and what to change.
+pub fn visible_gpus(device: &str, cvd: Option<&str>, slurm_job: Option<&str>) -> Result<Option<usize>, String> {
+    let index: usize =
+        device.strip_prefix("cuda:").map_or(Ok(0), str::parse).map_err(|_| format!("--device {device:?}"))?;
+    let hint = "request GPUs from the scheduler (Slurm: --gres=gpu:1 or --gpus-per-task=1; Kubernetes: nvidia.com/gpu in limits) or use --device cpu";
+    match cvd.map(str::trim) {
+        Some("") => {
+            Err(format!("--device {device}: CUDA_VISIBLE_DEVICES is empty, so this process sees no GPU; {hint}"))
+        }
+        Some("NoDevFiles") => Err(format!(
+            "--device {device}: CUDA_VISIBLE_DEVICES=NoDevFiles (Slurm's value when the job has no GPU), so this process sees no GPU; {hint}"
+        )),
+        Some(list) => {
+            let n = list.split(',').filter(|d| !d.trim().is_empty()).count();
+            if index >= n {
+                return Err(format!(
+                    "--device {device}: CUDA_VISIBLE_DEVICES={list} makes {n} GPU(s) visible, numbered from 0 inside this process; use --device cuda:0..cuda:{}",
+                    n.saturating_sub(1)
+                ));
+            }
+            Ok(Some(n))
+        }
+        None => match slurm_job {
+            Some(job) => Err(format!(
+                "--device {device}: CUDA_VISIBLE_DEVICES is unset inside Slurm job {job}, so Slurm bound no GPU to this task; {hint}"
+            )),
+            // A workstation or a plain container: every GPU of the host is visible.
+            None => Ok(None),
+        },
     }
 }
 
@@ -175,6 +251,34 @@ mod tests {
         assert_eq!((c.name.as_str(), c.device.as_str()), ("gpu3", "cuda:3"));
         assert_eq!(c.trainer, TrainerKind::Synthetic);
         assert_eq!(c.synthetic_step, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn the_gpus_a_scheduler_hid_are_refused_naming_the_variable() {
+        assert_eq!(visible_gpus("cuda", Some("2"), Some("17")), Ok(Some(1)));
+        assert_eq!(visible_gpus("cuda:1", Some("0,3"), None), Ok(Some(2)));
+        assert_eq!(visible_gpus("cuda", None, None), Ok(None));
+        for (device, cvd, slurm, needle) in [
+            ("cuda", Some(""), None, "CUDA_VISIBLE_DEVICES is empty"),
+            ("cuda", Some("NoDevFiles"), Some("5"), "NoDevFiles"),
+            ("cuda:2", Some("0,1"), None, "cuda:0..cuda:1"),
+            ("cuda", None, Some("5"), "unset inside Slurm job 5"),
+        ] {
+            let err = visible_gpus(device, cvd, slurm).expect_err("no usable GPU");
+            assert!(err.contains(needle) && err.contains("CUDA_VISIBLE_DEVICES"), "{err}");
+        }
+    }
+
+    #[test]
+    fn grace_and_idle_exit_parse_and_are_checked() {
+        let c = parse(&["w", "--shutdown-grace", "90s", "--exit-when-idle", "5m"]).expect("valid");
+        assert_eq!((c.shutdown_grace, c.exit_when_idle), (Duration::from_secs(90), Some(Duration::from_secs(300))));
+        let d = parse(&["w"]).expect("defaults");
+        assert_eq!((d.shutdown_grace, d.exit_when_idle), (Duration::from_secs(25), None));
+        let err = parse(&["w", "--shutdown-grace", "100ms"]).unwrap_err().to_string();
+        assert!(err.contains("--shutdown-grace"), "{err}");
+        let err = parse(&["w", "--exit-when-idle", "0s"]).unwrap_err().to_string();
+        assert!(err.contains("--exit-when-idle"), "{err}");
     }
 
     #[test]

@@ -23,15 +23,63 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-/// How long a shutting-down worker keeps trying to deliver points and release its lease before
-/// giving up; the lease TTL then requeues the job anyway.
-pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
 /// How long an attempt's last words (the final points, `CompleteJob`, `FailJob`) are retried
 /// while the coordinator is unreachable: a restart takes seconds; after this long the lease has
-/// long expired and the job is requeued anyway. A shutting-down worker waits only
-/// [`SHUTDOWN_GRACE`].
+/// long expired and the job is requeued anyway. A shutting-down worker waits only what is left
+/// of its [`Shutdown::grace`].
 pub(crate) const FINISH_PATIENCE: Duration = Duration::from_secs(600);
+
+/// The worker's shutdown as every attempt sees it. The first signal (`soft`) asks the trainer to
+/// stop at the next optimizer-step boundary, write a checkpoint of that step, and let it be
+/// uploaded before the lease is released: a preempted job then resumes where it stopped, not at
+/// its last periodic checkpoint. `hard` (a second signal, or [`Shutdown::work_window`] after the
+/// first) stops the trainer at once and abandons uploads; what is left of `grace` after that
+/// ([`Shutdown::reserve`]) is for releasing the lease, so the process exits within `grace`.
+#[derive(Debug, Clone)]
+pub(crate) struct Shutdown {
+    /// Cancelled by the first SIGTERM/ctrl-c.
+    pub(crate) soft: CancellationToken,
+    /// Cancelled by a second signal or when the work window ends.
+    pub(crate) hard: CancellationToken,
+    /// `--shutdown-grace`: from the first signal to the exit.
+    pub(crate) grace: Duration,
+}
+
+impl Shutdown {
+    /// A shutdown driven by `soft` alone (tests, the demo): the hard stop follows the work window.
+    pub(crate) fn new(soft: CancellationToken, hard: CancellationToken, grace: Duration) -> Self {
+        Self { soft, hard, grace }
+    }
+
+    /// The part of `grace` kept for releasing the lease after a hard stop: 5 s, or a quarter
+    /// of a shorter grace.
+    pub(crate) fn reserve(&self) -> Duration {
+        (self.grace / 4).min(Duration::from_secs(5))
+    }
+
+    /// From the first signal to the hard stop: the trainer's time to reach a step boundary,
+    /// checkpoint, and have points and checkpoint stored.
+    pub(crate) fn work_window(&self) -> Duration {
+        self.grace.saturating_sub(self.reserve())
+    }
+
+    /// True once the first signal arrived.
+    pub(crate) fn requested(&self) -> bool {
+        self.soft.is_cancelled()
+    }
+
+    /// Cancels `hard` a work window after `soft`, unless it was cancelled already.
+    pub(crate) async fn escalate_after_window(self) {
+        self.soft.cancelled().await;
+        tokio::select! {
+            () = self.hard.cancelled() => {}
+            () = tokio::time::sleep(self.work_window()) => {
+                tracing::warn!(grace = ?self.grace, "shutdown grace running out: stopping the trainer without a checkpoint");
+                self.hard.cancel();
+            }
+        }
+    }
+}
 
 /// Why an attempt was dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,8 +143,9 @@ pub(crate) struct JobControl {
     drop_token: CancellationToken,
     /// The first reason it was dropped.
     reason: Mutex<Option<StopReason>>,
-    /// The worker's shutdown: stops the trainer but not the reporting.
-    shutdown: CancellationToken,
+    /// The worker's shutdown: stops the trainer (soft: at a step, after a checkpoint) but not
+    /// the reporting.
+    shutdown: Shutdown,
     /// Highest train step reported, for heartbeats.
     step: AtomicU64,
     /// Total steps, once the trainer said.
@@ -111,7 +160,7 @@ pub(crate) struct JobControl {
 }
 
 impl JobControl {
-    pub(crate) fn new(shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(shutdown: Shutdown) -> Self {
         Self {
             drop_token: CancellationToken::new(),
             reason: Mutex::new(None),
@@ -146,14 +195,20 @@ impl JobControl {
         self.reason.lock().expect("no code panics while holding this lock").clone()
     }
 
-    /// True once the worker is shutting down.
+    /// True once the worker is shutting down (the trainer should stop at the next step).
     pub(crate) fn shutting_down(&self) -> bool {
-        self.shutdown.is_cancelled()
+        self.shutdown.requested()
     }
 
-    /// `None` while the worker runs; during shutdown, the moment to stop retrying.
+    /// True once the trainer must stop at once (a second signal, or the grace running out).
+    pub(crate) fn hard_stopped(&self) -> bool {
+        self.shutdown.hard.is_cancelled()
+    }
+
+    /// `None` while the worker runs; during shutdown, the moment to stop retrying deliveries
+    /// (the end of the shutdown's work window).
     pub(crate) fn final_deadline(&self) -> Option<Instant> {
-        self.shutdown.is_cancelled().then(|| *self.deadline.get_or_init(|| Instant::now() + SHUTDOWN_GRACE))
+        self.shutdown.requested().then(|| *self.deadline.get_or_init(|| Instant::now() + self.shutdown.work_window()))
     }
 
     /// Records a train step reached.
@@ -189,7 +244,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_upload_waits_until_every_point_before_it_is_done() {
-        let control = JobControl::new(CancellationToken::new());
+        let control =
+            JobControl::new(Shutdown::new(CancellationToken::new(), CancellationToken::new(), Duration::from_secs(25)));
         for _ in 0..3 {
             control.points.record_sent();
         }
@@ -207,7 +263,8 @@ mod tests {
 
     #[test]
     fn the_first_stop_reason_sticks() {
-        let control = JobControl::new(CancellationToken::new());
+        let control =
+            JobControl::new(Shutdown::new(CancellationToken::new(), CancellationToken::new(), Duration::from_secs(25)));
         assert!(!control.is_dropped());
         control.stop(StopReason::GaveUp("internal".into()));
         control.stop(StopReason::LeaseLost);

@@ -17,6 +17,7 @@ use crate::{
     Config, TrainerKind, WorkerError,
     artifacts::ArtifactsGrpc,
     connect::Authed,
+    control::Shutdown,
     job::{self, JobContext},
     metrics,
     rpc::{self, Backoff},
@@ -43,12 +44,60 @@ pub fn make_trainer(config: &Config) -> Result<Box<dyn Trainer>, WorkerError> {
     }
 }
 
-/// Runs the daemon until `shutdown` is cancelled.
+/// Exit status of a worker that stopped with a job's work still to do (it released or gave up
+/// its attempt because of a signal): non-zero, so Slurm's `--requeue` / `scontrol requeue` and a
+/// Kubernetes restart policy bring it back. 75 is sysexits' EX_TEMPFAIL ("try again later").
+pub const EXIT_INTERRUPTED: i32 = 75;
+
+/// Exit status for a configuration the worker cannot run with (a bad flag, no usable GPU, an
+/// unbindable address): retrying the same command would fail the same way.
+pub const EXIT_CONFIG: i32 = 3;
+
+/// How the daemon stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// `--exit-when-idle`: the coordinator had no job for that long.
+    Idle,
+    /// A signal; `interrupted` if an attempt was running and did not finish.
+    Signalled {
+        /// An attempt was stopped (released or left to expire) rather than finished.
+        interrupted: bool,
+    },
+}
+
+impl Stopped {
+    /// The process exit status: [`EXIT_INTERRUPTED`] after an interrupted attempt, else 0.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Stopped::Signalled { interrupted: true } => EXIT_INTERRUPTED,
+            Stopped::Idle | Stopped::Signalled { interrupted: false } => 0,
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled (see [`run_until`]).
 ///
 /// # Errors
-/// Only for problems that retrying cannot fix: an unusable coordinator URL or trainer.
-/// An unreachable coordinator is waited for, not an error.
+/// As [`run_until`].
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    run_until(config, shutdown, CancellationToken::new()).await.map(|_| ())
+}
+
+/// Runs the daemon until `soft` is cancelled (the first signal: finish the step, checkpoint,
+/// release, exit within `config.shutdown_grace`), `hard` is cancelled (a second signal: release
+/// now), or `--exit-when-idle` ends it.
+///
+/// # Errors
+/// Only for problems that retrying cannot fix: an unusable coordinator URL, trainer or metrics
+/// address. An unreachable coordinator is waited for, not an error.
+pub async fn run_until(
+    config: Config,
+    soft: CancellationToken,
+    hard: CancellationToken,
+) -> Result<Stopped, WorkerError> {
+    let stop = Shutdown::new(soft.clone(), hard, config.shutdown_grace);
+    tokio::spawn(stop.clone().escalate_after_window());
+    let shutdown = soft;
     // What `--metrics-listen` shows; `status` below is always a gRPC status.
     let live = Arc::new(WorkerStatus::new(&config.name, &config.device, config.trainer.name()));
     if let Some(addr) = config.metrics_listen {
@@ -73,10 +122,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         config.remote.authed(config.remote.endpoint()?.connect_timeout(CONNECT_TIMEOUT).connect_lazy()),
     );
 
-    let Some(mut ctx) = register(&config, &client, &artifacts, &live, &shutdown).await else {
-        return Ok(());
+    let Some(mut ctx) = register(&config, &client, &artifacts, &live, &stop).await else {
+        return Ok(Stopped::Signalled { interrupted: false });
     };
     let mut idle = Backoff::new(config.max_backoff);
+    let mut interrupted = false;
+    // Since when the coordinator has answered "no job" (unreachable time does not count).
+    let mut idle_since: Option<tokio::time::Instant> = None;
     while !shutdown.is_cancelled() {
         let leased = {
             let mut c = client.clone();
@@ -87,7 +139,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
                 Some(lease) => {
                     live.contact();
                     idle.reset();
-                    trainer = match job::run_job(&ctx, lease, trainer).await {
+                    idle_since = None;
+                    let (next, finished) = job::run_job(&ctx, lease, trainer).await;
+                    interrupted |= !finished;
+                    trainer = match next {
                         Some(t) => t,
                         None => make_trainer(&config)?,
                     };
@@ -96,21 +151,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
                 None => {
                     live.contact();
                     tracing::debug!("no queued job");
+                    let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                    if let Some(limit) = config.exit_when_idle
+                        && since.elapsed() >= limit
+                    {
+                        tracing::info!(worker_id = %ctx.worker_id, idle = ?limit, "no job for --exit-when-idle: exiting");
+                        return Ok(Stopped::Idle);
+                    }
                 }
             },
             Err(status) if status.code() == tonic::Code::NotFound => {
                 // The coordinator forgot us (a fresh database): register again.
                 tracing::warn!(error = %status.message(), "coordinator does not know this worker; registering again");
-                match register(&config, &client, &artifacts, &live, &shutdown).await {
+                match register(&config, &client, &artifacts, &live, &stop).await {
                     Some(c) => ctx = c,
                     None => break,
                 }
                 continue;
             }
-            Err(status) => tracing::warn!(
-                coordinator = %config.coordinator, code = ?status.code(), error = %status.message(),
-                "leasing failed; coordinator unreachable? retrying"
-            ),
+            Err(status) => {
+                idle_since = None;
+                tracing::warn!(
+                    coordinator = %config.coordinator, code = ?status.code(), error = %status.message(),
+                    "leasing failed; coordinator unreachable? retrying"
+                );
+            }
         }
         let wait = idle.next_wait();
         tokio::select! {
@@ -118,8 +183,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
             () = tokio::time::sleep(wait) => {}
         }
     }
-    tracing::info!(worker_id = %ctx.worker_id, "worker stopped");
-    Ok(())
+    tracing::info!(worker_id = %ctx.worker_id, interrupted, "worker stopped");
+    Ok(Stopped::Signalled { interrupted })
 }
 
 /// Registers, retrying until the coordinator answers; `None` if shut down first.
@@ -128,8 +193,9 @@ async fn register(
     client: &WorkersClient<Authed>,
     artifacts: &ArtifactsGrpc,
     live: &Arc<WorkerStatus>,
-    shutdown: &CancellationToken,
+    stop: &Shutdown,
 ) -> Option<JobContext> {
+    let shutdown = &stop.soft;
     if !shutdown.is_cancelled() {
         live.set_state(State::Registering);
     }
@@ -158,7 +224,7 @@ async fn register(
                     worker_id: resp.worker_id,
                     heartbeat_every,
                     max_backoff: config.max_backoff,
-                    shutdown: shutdown.clone(),
+                    shutdown: stop.clone(),
                 });
             }
             Err(status) => {
@@ -182,6 +248,15 @@ async fn register(
 /// Cancels `token` on the first ctrl-c or SIGTERM, which is how `main` starts a graceful
 /// shutdown.
 pub async fn cancel_on_signal(token: CancellationToken) {
+    cancel_on_signals(token, CancellationToken::new()).await;
+}
+
+/// Cancels `soft` on the first ctrl-c or SIGTERM and `hard` on the second: the arguments of
+/// [`run_until`].
+pub async fn cancel_on_signals(soft: CancellationToken, hard: CancellationToken) {
     lorasweep_common::shutdown::signalled("worker").await;
-    token.cancel();
+    soft.cancel();
+    lorasweep_common::shutdown::signalled("worker").await;
+    tracing::warn!("second signal: releasing the lease now, without waiting for a checkpoint");
+    hard.cancel();
 }

@@ -29,3 +29,17 @@ pub enum WorkerError {
         source: tonic::transport::Error,
     },
 }
+
+impl WorkerError {
+    /// True for errors no retry of the same command can fix (flags, build, addresses): the
+    /// binaries exit with `daemon::EXIT_CONFIG` for them.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            WorkerError::Config(_)
+                | WorkerError::TrainerUnavailable(_)
+                | WorkerError::Bind { .. }
+                | WorkerError::Endpoint { .. }
+        )
+    }
+}

@@ -22,7 +22,7 @@ use tracing::Instrument;
 use crate::{
     artifacts::{self, ArtifactsGrpc, AttemptArtifacts, TrainerArtifacts},
     connect::Authed,
-    control::{FINISH_PATIENCE, JobControl, SHUTDOWN_GRACE, StopReason},
+    control::{FINISH_PATIENCE, JobControl, Shutdown, StopReason},
     report::{self, ReportEnd, ReportTarget},
     rpc::{self, Patience},
     status::WorkerStatus,
@@ -56,7 +56,11 @@ impl Progress for ChannelProgress {
     }
 
     fn cancelled(&self) -> bool {
-        self.control.is_dropped() || self.control.shutting_down()
+        self.control.is_dropped() || self.control.hard_stopped()
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.control.shutting_down()
     }
 
     fn tokens(&mut self, n: u64) {
@@ -93,16 +97,21 @@ pub(crate) struct JobContext {
     pub(crate) heartbeat_every: Duration,
     /// Retry backoff cap.
     pub(crate) max_backoff: Duration,
-    /// The worker's shutdown token.
-    pub(crate) shutdown: CancellationToken,
+    /// The worker's shutdown (soft and hard stop, grace).
+    pub(crate) shutdown: Shutdown,
     /// What `/metrics` and `/healthz` show.
     pub(crate) status: Arc<WorkerStatus>,
 }
 
-/// Runs `lease` to the end and reports the result. Returns the trainer for the next job, or
-/// `None` if it panicked (the daemon then builds a fresh one).
+/// Runs `lease` to the end and reports the result. Returns the trainer for the next job (`None`
+/// if it panicked: the daemon then builds a fresh one), and whether the attempt ended — false
+/// when a shutdown stopped it before it finished, so its work is still to do.
 #[tracing::instrument(skip_all, fields(job_id = %lease.job_id, attempt = lease.attempt))]
-pub(crate) async fn run_job(ctx: &JobContext, lease: pb::Lease, trainer: Box<dyn Trainer>) -> Option<Box<dyn Trainer>> {
+pub(crate) async fn run_job(
+    ctx: &JobContext,
+    lease: pb::Lease,
+    trainer: Box<dyn Trainer>,
+) -> (Option<Box<dyn Trainer>>, bool) {
     let job_id = lease.job_id.clone();
     let attempt = lease.attempt;
     let spec: JobSpec = match serde_json::from_str(&lease.spec_json) {
@@ -111,7 +120,7 @@ pub(crate) async fn run_job(ctx: &JobContext, lease: pb::Lease, trainer: Box<dyn
             let error = format!("job spec does not parse: {e}");
             tracing::error!(%job_id, %error);
             fail(ctx, &lease, error, false, false).await;
-            return Some(trainer);
+            return (Some(trainer), true);
         }
     };
     tracing::info!(%job_id, attempt, init = %spec.init, lr = spec.lr, seed = spec.seed, "leased job");
@@ -162,14 +171,19 @@ pub(crate) async fn run_job(ctx: &JobContext, lease: pb::Lease, trainer: Box<dyn
         Err(e) => (None, Err(TrainError::Invalid(format!("trainer panicked: {e}")))),
     };
     let reported = reporter.await.unwrap_or(ReportEnd::GaveUp);
+    let finished = !ctx.shutdown.requested() || (result.is_ok() && reported == ReportEnd::Flushed);
     // The final adapter is stored before the job completes. Uploads wait for the points before
     // them, so if those were not all delivered the uploader would wait forever: stop it. A
     // shutting-down worker waits for it at most the shutdown grace.
     if reported != ReportEnd::Flushed {
         uploader.abort();
     }
-    if ctx.shutdown.is_cancelled() {
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, uploader).await;
+    if ctx.shutdown.requested() {
+        // The SIGTERM checkpoint is uploaded unless the hard stop comes first.
+        tokio::select! {
+            _ = uploader => {}
+            () = ctx.shutdown.hard.cancelled() => tracing::warn!(%job_id, "hard stop: abandoning artifact uploads"),
+        }
     } else {
         let _ = uploader.await;
     }
@@ -195,14 +209,14 @@ pub(crate) async fn run_job(ctx: &JobContext, lease: pb::Lease, trainer: Box<dyn
         ctx.status.lease_lost();
     }
     ctx.status.end();
-    trainer
+    (trainer, finished)
 }
 
 /// Sends the attempt's end: release on shutdown, completion, or failure.
 async fn finish(ctx: &JobContext, lease: &pb::Lease, result: Result<TrainOutcome, TrainError>, reported: ReportEnd) {
     let job_id = &lease.job_id;
     match result {
-        Err(TrainError::Cancelled) if ctx.shutdown.is_cancelled() => {
+        Err(TrainError::Cancelled) if ctx.shutdown.requested() => {
             tracing::info!(%job_id, "shutting down: giving the job back");
             fail(ctx, lease, "worker shut down".into(), true, true).await;
         }
@@ -290,10 +304,10 @@ async fn fail(ctx: &JobContext, lease: &pb::Lease, error: String, retryable: boo
     }
 }
 
-/// How long the attempt's last word is retried: the shutdown grace while shutting down,
-/// [`FINISH_PATIENCE`] otherwise.
+/// How long the attempt's last word is retried: the shutdown's release reserve while shutting
+/// down, [`FINISH_PATIENCE`] otherwise.
 fn finish_patience(ctx: &JobContext) -> Patience {
-    let within = if ctx.shutdown.is_cancelled() { SHUTDOWN_GRACE } else { FINISH_PATIENCE };
+    let within = if ctx.shutdown.requested() { ctx.shutdown.reserve() } else { FINISH_PATIENCE };
     Patience::within(ctx.max_backoff, within)
 }
 

@@ -202,6 +202,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
+    use crate::control::Shutdown;
 
     #[test]
     fn an_attempt_shows_its_step_pending_points_and_throughput_until_it_ends() {
@@ -209,7 +210,11 @@ mod tests {
         assert_eq!((status.state(), status.current()), (State::Registering, None));
         status.registered("w-1");
         status.set_state(State::Idle);
-        let control = Arc::new(JobControl::new(CancellationToken::new()));
+        let control = Arc::new(JobControl::new(Shutdown::new(
+            CancellationToken::new(),
+            CancellationToken::new(),
+            std::time::Duration::from_secs(25),
+        )));
         status.begin("job-a", 2, control.clone());
         control.set_total(10);
         control.record_step(3);

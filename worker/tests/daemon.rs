@@ -13,7 +13,7 @@ use lorasweep_proto::pb::{
     self,
     workers_server::{Workers, WorkersServer},
 };
-use lorasweep_worker::{Config, TrainerKind, WorkerArgs, WorkerError};
+use lorasweep_worker::{Config, TrainerKind, WorkerArgs, WorkerError, daemon::Stopped};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -152,8 +152,19 @@ fn lease(job_id: &str, steps: u64) -> pb::Lease {
     }
 }
 
+type Worker = JoinHandle<Result<Stopped, WorkerError>>;
+
 /// Serves `fake` and runs a synthetic worker (`step_ms` per step) against it.
-async fn start(fake: &Fake, step_ms: u64) -> anyhow::Result<(CancellationToken, JoinHandle<Result<(), WorkerError>>)> {
+async fn start(fake: &Fake, step_ms: u64) -> anyhow::Result<(CancellationToken, Worker)> {
+    start_with(fake, step_ms, None).await
+}
+
+/// [`start`], with `--exit-when-idle`.
+async fn start_with(
+    fake: &Fake,
+    step_ms: u64,
+    exit_when_idle: Option<Duration>,
+) -> anyhow::Result<(CancellationToken, Worker)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let server = fake.clone();
@@ -174,8 +185,14 @@ async fn start(fake: &Fake, step_ms: u64) -> anyhow::Result<(CancellationToken, 
         synthetic_step_ms: step_ms,
         max_backoff_ms: 100,
         metrics_listen: None,
+        shutdown_grace: std::time::Duration::from_secs(5),
+        exit_when_idle,
     };
-    let worker = tokio::spawn(lorasweep_worker::run(Config::new(&url, args)?, stop.clone()));
+    let worker = tokio::spawn(lorasweep_worker::daemon::run_until(
+        Config::new(&url, args)?,
+        stop.clone(),
+        CancellationToken::new(),
+    ));
     Ok((stop, worker))
 }
 
@@ -269,13 +286,42 @@ async fn shutdown_releases_the_running_job() -> anyhow::Result<()> {
     let (stop, worker) = start(&fake, 2).await?;
     await_script(&fake, "points", |s| !s.points.is_empty()).await?;
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), worker).await???;
+    let stopped = tokio::time::timeout(Duration::from_secs(10), worker).await???;
+    // Work was left: the exit status tells Slurm or Kubernetes to run the worker again.
+    assert_eq!(stopped, Stopped::Signalled { interrupted: true });
+    assert_eq!(stopped.exit_code(), lorasweep_worker::daemon::EXIT_INTERRUPTED);
     fake.with(|s| {
         let f = s.failed.first().expect("the job was given back");
         assert_eq!(f.job_id, "held");
         assert!(f.released && f.retryable, "{f:?}");
         assert!(s.completed.is_empty());
     });
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_idle_worker_exits_zero_after_exit_when_idle_and_a_busy_one_does_not() -> anyhow::Result<()> {
+    let fake = Fake::default();
+    // One job of ~0.6 s first: the idle clock starts only after it.
+    fake.with(|s| s.leases.push_back(lease("only", 200)));
+    let started = Instant::now();
+    let (_stop, worker) = start_with(&fake, 3, Some(Duration::from_millis(400))).await?;
+    let stopped = tokio::time::timeout(Duration::from_secs(20), worker).await???;
+    assert_eq!((stopped, stopped.exit_code()), (Stopped::Idle, 0));
+    fake.with(|s| assert_eq!(s.completed.len(), 1, "the job ran to its end before the idle exit"));
+    assert!(started.elapsed() >= Duration::from_millis(400 + 500), "exited after {:?}", started.elapsed());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_signal_while_idle_exits_zero() -> anyhow::Result<()> {
+    let fake = Fake::default();
+    let (stop, worker) = start(&fake, 3).await?;
+    // Registered and polling (an empty queue) by then.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), worker).await???;
+    assert_eq!((stopped, stopped.exit_code()), (Stopped::Signalled { interrupted: false }, 0));
     Ok(())
 }
 
@@ -348,6 +394,8 @@ async fn unusable_trainer_device_is_a_clear_startup_error() -> anyhow::Result<()
         synthetic_step_ms: 0,
         max_backoff_ms: 100,
         metrics_listen: None,
+        shutdown_grace: std::time::Duration::from_secs(5),
+        exit_when_idle: None,
     };
     let config = Config::new("http://127.0.0.1:9", args)?;
     let run = lorasweep_worker::run(config, CancellationToken::new());

@@ -119,6 +119,8 @@ pub(crate) fn spawn_worker_with(
         synthetic_step_ms: step_ms,
         max_backoff_ms: 200,
         metrics_listen: None,
+        shutdown_grace: std::time::Duration::from_secs(5),
+        exit_when_idle: None,
     };
     let config = lorasweep_worker::Config::new(url, args)?.with_connect(connect)?;
     let shutdown = CancellationToken::new();

@@ -12,8 +12,7 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
 use crate::{helpers::init_tracing, security::tokens};
 
 async fn status(channel: &Channel, service: &str) -> Result<ServingStatus, tonic::Status> {
-    let answer =
-        HealthClient::new(channel.clone()).check(HealthCheckRequest { service: service.to_string() }).await?;
+    let answer = HealthClient::new(channel.clone()).check(HealthCheckRequest { service: service.to_string() }).await?;
     Ok(ServingStatus::try_from(answer.into_inner().status).unwrap_or(ServingStatus::Unknown))
 }
 
@@ -46,9 +45,10 @@ async fn health_needs_no_token_and_the_health_port_serves_only_health() -> anyho
     assert_eq!(absent.map(|_| ()).map_err(|s| s.code()), Err(Code::Unimplemented));
 
     // One coordinator per data directory.
-    let second = lorasweep_coordinator::serve(TcpListener::bind("127.0.0.1:0").await?, config, CancellationToken::new())
-        .await
-        .expect_err("a second coordinator on a data directory in use");
+    let second =
+        lorasweep_coordinator::serve(TcpListener::bind("127.0.0.1:0").await?, config, CancellationToken::new())
+            .await
+            .expect_err("a second coordinator on a data directory in use");
     assert!(matches!(second, Error::DataDirLocked { .. }), "{second:?}");
     let text = second.to_string();
     assert!(text.contains(&format!("pid {}", std::process::id())) && text.contains("another coordinator"), "{text}");

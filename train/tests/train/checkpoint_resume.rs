@@ -55,6 +55,8 @@ struct Recorder {
     resume: Vec<(u64, Vec<u8>)>,
     stop_after_steps: Option<u64>,
     extra_micro: u64,
+    /// Ask for a stop at a step boundary (a worker's SIGTERM) once this many steps are done.
+    stop_request_at: Option<u64>,
     polls_after_stop: Cell<u64>,
 }
 
@@ -78,6 +80,9 @@ impl Progress for Recorder {
         let n = self.polls_after_stop.get();
         self.polls_after_stop.set(n + 1);
         n >= self.extra_micro
+    }
+    fn stop_requested(&self) -> bool {
+        self.stop_request_at.is_some_and(|k| self.steps() >= k)
     }
     fn checkpoint(&mut self, step: u64, bytes: Vec<u8>) {
         self.checkpoints.push((step, bytes));
@@ -149,6 +154,34 @@ fn resumed_runs_match_the_uninterrupted_curve_bit_for_bit() -> anyhow::Result<()
         assert_eq!(out.tokens, want_out.tokens, "k={k}");
         assert_eq!(out.diverged, want_out.diverged);
     }
+    Ok(())
+}
+
+/// A worker's SIGTERM: the trainer stops at the next step boundary with a checkpoint of that
+/// step (not a multiple of `checkpoint_every`), and a run resumed from it matches the
+/// uninterrupted curve bit for bit.
+#[test]
+fn a_stop_request_checkpoints_at_the_step_and_resumes_bit_for_bit() -> anyhow::Result<()> {
+    let mut trainer = CandleTrainer::new("cpu")?;
+    let mut plain = Recorder::default();
+    let want_out = run(&mut trainer, &job(10), &mut plain)?;
+    let want = bits(&plain.points);
+
+    let mut first = Recorder { stop_request_at: Some(13), ..Recorder::default() };
+    let err = run(&mut trainer, &job(10), &mut first).unwrap_err();
+    assert!(matches!(err, TrainError::Cancelled), "{err}");
+    let steps: Vec<u64> = first.checkpoints.iter().map(|c| c.0).collect();
+    assert_eq!((steps.as_slice(), first.steps()), (&[10, 13][..], 13), "the periodic one, then the stop's");
+    println!("stop requested after step 13: checkpoint at 13, the last periodic one at 10 (3 steps saved)");
+
+    let (ck_step, ck) = first.checkpoints.last().cloned().expect("the stop's checkpoint");
+    let mut second = Recorder { resume: vec![(ck_step, ck)], ..Recorder::default() };
+    let out = run(&mut CandleTrainer::new("cpu")?, &job(10), &mut second)?;
+    let (a, b) = (bits(&first.points), bits(&second.points));
+    assert_eq!(a[..], want[..a.len()]);
+    assert_eq!(b[..], want[want.len() - b.len()..]);
+    assert_eq!(second.points.iter().find(|p| p.series == Series::Train).map(|p| p.step), Some(14));
+    assert_eq!(out.final_eval_loss.map(f64::to_bits), want_out.final_eval_loss.map(f64::to_bits));
     Ok(())
 }
 
