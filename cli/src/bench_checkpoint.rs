@@ -194,6 +194,7 @@ async fn rounds(
             name: "bench-checkpoint".into(),
             device: "cpu".into(),
             trainer: "bench".into(),
+            ..Default::default()
         })
         .await?
         .into_inner()

@@ -129,6 +129,7 @@ async fn phases(url: &str, args: &BenchCoordinatorArgs) -> anyhow::Result<()> {
                 name: format!("bench-{i}"),
                 device: "none".into(),
                 trainer: "bench".into(),
+                ..Default::default()
             })
             .await?
             .into_inner()

@@ -123,12 +123,17 @@ pub(crate) async fn workers(url: &str, args: WorkersArgs) -> anyhow::Result<()> 
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
-    let mut rows = vec![["WORKER", "NAME", "DEVICE", "TRAINER", "ALIVE", "JOB"].map(String::from).to_vec()];
+    let mut rows = vec![
+        ["WORKER", "NAME", "DEVICE", "VISIBLE GPUS", "THREADS", "TRAINER", "ALIVE", "JOB"].map(String::from).to_vec(),
+    ];
     for w in &workers {
         rows.push(vec![
             w.id.clone(),
             w.name.clone(),
             w.device.clone(),
+            // CUDA_VISIBLE_DEVICES as the worker saw it; "all" when it was unset.
+            if w.visible_devices.is_empty() { "all".into() } else { w.visible_devices.clone() },
+            w.cpu_threads.to_string(),
             w.trainer.clone(),
             if w.alive { "yes" } else { "no" }.into(),
             w.job_id.clone(),

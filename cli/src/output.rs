@@ -94,6 +94,8 @@ pub(crate) fn worker_json(w: &pb::WorkerInfo) -> Value {
         "name": w.name,
         "device": w.device,
         "trainer": w.trainer,
+        "visible_devices": w.visible_devices,
+        "cpu_threads": w.cpu_threads,
         "last_seen_ms": w.last_seen_ms,
         "job_id": w.job_id,
         "alive": w.alive,

@@ -203,6 +203,9 @@ async fn register(
         name: config.name.clone(),
         device: config.device.clone(),
         trainer: config.trainer.name().to_string(),
+        // What a scheduler bound to this process; `lorasweep workers` shows it.
+        visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default(),
+        cpu_threads: u32::try_from(lorasweep_train::cpu::thread_count(None)).unwrap_or(u32::MAX),
     };
     let mut backoff = Backoff::new(config.max_backoff);
     loop {

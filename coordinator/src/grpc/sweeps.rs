@@ -185,6 +185,8 @@ impl Sweeps for SweepsService {
                     name: w.name,
                     device: w.device,
                     trainer: w.trainer,
+                    visible_devices: w.visible_devices,
+                    cpu_threads: u32::try_from(w.cpu_threads).unwrap_or(0),
                     last_seen_ms: w.last_seen,
                     job_id: w.job_id.unwrap_or_default(),
                     alive,

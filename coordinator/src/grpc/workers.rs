@@ -79,7 +79,8 @@ impl Workers for WorkersService {
         let name = label(req.name, "name", true)?;
         let device = label(req.device, "device", false)?;
         let trainer = label(req.trainer, "trainer", false)?;
-        let worker_id = self.store.register_worker(name, device, trainer).await?;
+        let visible_devices = label(req.visible_devices, "visible_devices", false)?;
+        let worker_id = self.store.register_worker(name, device, trainer, visible_devices, req.cpu_threads).await?;
         tracing::info!(worker_id, "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse {
             worker_id,

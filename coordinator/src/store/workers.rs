@@ -12,6 +12,8 @@ pub(crate) struct WorkerRow {
     pub(crate) name: String,
     pub(crate) device: String,
     pub(crate) trainer: String,
+    pub(crate) visible_devices: String,
+    pub(crate) cpu_threads: i64,
     pub(crate) last_seen: i64,
     /// A running job leased to it, if any.
     pub(crate) job_id: Option<String>,
@@ -36,7 +38,14 @@ pub(crate) async fn touch(conn: &mut SqliteConnection, worker_id: &str, now: i64
 
 impl Store {
     /// Registers a worker; returns its new id.
-    pub(crate) async fn register_worker(&self, name: String, device: String, trainer: String) -> Result<String> {
+    pub(crate) async fn register_worker(
+        &self,
+        name: String,
+        device: String,
+        trainer: String,
+        visible_devices: String,
+        cpu_threads: u32,
+    ) -> Result<String> {
         let id = uuid::Uuid::new_v4().to_string();
         let now = self.now();
         let worker_id = id.clone();
@@ -44,13 +53,16 @@ impl Store {
             .write(move |conn| {
                 Box::pin(async move {
                     sqlx::query(
-                        "INSERT INTO workers (id, name, device, trainer, created_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                        "INSERT INTO workers (id, name, device, trainer, created_at, last_seen, visible_devices, cpu_threads) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
                     )
                     .bind(&worker_id)
                     .bind(&name)
                     .bind(&device)
                     .bind(&trainer)
                     .bind(now)
+                    .bind(&visible_devices)
+                    .bind(i64::from(cpu_threads))
                     .execute(conn)
                     .await?;
                     Ok(())
@@ -63,7 +75,7 @@ impl Store {
     /// All workers, most recently seen first, with `alive` = seen within the lease TTL.
     pub(crate) async fn list_workers(&self) -> Result<Vec<(WorkerRow, bool)>> {
         let rows: Vec<WorkerRow> = sqlx::query_as(
-            "SELECT w.id, w.name, w.device, w.trainer, w.last_seen, \
+            "SELECT w.id, w.name, w.device, w.trainer, w.visible_devices, w.cpu_threads, w.last_seen, \
              (SELECT j.id FROM jobs j WHERE j.worker_id = w.id AND j.state = 'running' ORDER BY j.pk LIMIT 1) AS job_id \
              FROM workers w ORDER BY w.last_seen DESC, w.rowid DESC",
         )

@@ -46,7 +46,12 @@ async fn every_bad_input_of_the_catalogue_is_refused_by_name_and_changes_nothing
     let (s0, w0) = (c.sweeps.clone(), c.workers.clone());
     let submit_req = pb::SubmitSweepRequest { sweep_toml: grid(1, 2), source: "t.toml".into() };
     s0.clone().submit_sweep(authed(submit_req, Some(ADMIN))).await?;
-    let register = pb::RegisterWorkerRequest { name: "w".into(), device: "cpu".into(), trainer: "synthetic".into() };
+    let register = pb::RegisterWorkerRequest {
+        name: "w".into(),
+        device: "cpu".into(),
+        trainer: "synthetic".into(),
+        ..Default::default()
+    };
     let worker = w0.clone().register_worker(authed(register, Some(WORKER))).await?.into_inner().worker_id;
     let lease = w0
         .clone()
@@ -73,7 +78,7 @@ async fn every_bad_input_of_the_catalogue_is_refused_by_name_and_changes_nothing
     };
     let register = |name: String, device: String, trainer: String| -> Call {
         let mut w = w0.clone();
-        let req = authed(pb::RegisterWorkerRequest { name, device, trainer }, Some(WORKER));
+        let req = authed(pb::RegisterWorkerRequest { name, device, trainer, ..Default::default() }, Some(WORKER));
         Box::pin(async move { w.register_worker(req).await.map(|_| ()) })
     };
     let heartbeat = |attempt: u32, step: u64, token: Option<&str>| -> Call {

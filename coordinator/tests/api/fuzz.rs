@@ -289,6 +289,7 @@ async fn run(c: &TestCoordinator, pool: &Pool, call: &Call) -> (Option<tonic::St
                         name: name.clone(),
                         device: device.clone(),
                         trainer: trainer.clone(),
+                        ..Default::default()
                     })
                     .await?;
                 vec![r.into_inner().worker_id]

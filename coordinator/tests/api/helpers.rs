@@ -197,6 +197,7 @@ impl TestCoordinator {
                 name: name.into(),
                 device: "cpu".into(),
                 trainer: "synthetic".into(),
+                ..Default::default()
             })
             .await?
             .into_inner();

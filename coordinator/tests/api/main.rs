@@ -2,6 +2,7 @@
 
 mod artifacts;
 mod catalogue;
+mod devices;
 mod fuzz;
 mod health;
 mod helpers;

@@ -77,7 +77,12 @@ async fn call_all(c: &TestCoordinator, token: Option<&str>, ids: &Ids) -> Vec<(&
             "RegisterWorker",
             code(
                 w.register_worker(authed(
-                    pb::RegisterWorkerRequest { name: "w2".into(), device: "cpu".into(), trainer: "synthetic".into() },
+                    pb::RegisterWorkerRequest {
+                        name: "w2".into(),
+                        device: "cpu".into(),
+                        trainer: "synthetic".into(),
+                        ..Default::default()
+                    },
                     token,
                 ))
                 .await,
@@ -171,7 +176,12 @@ async fn setup(c: &TestCoordinator) -> anyhow::Result<Ids> {
         .await?
         .into_inner()
         .sweep_id;
-    let register = pb::RegisterWorkerRequest { name: "w".into(), device: "cpu".into(), trainer: "synthetic".into() };
+    let register = pb::RegisterWorkerRequest {
+        name: "w".into(),
+        device: "cpu".into(),
+        trainer: "synthetic".into(),
+        ..Default::default()
+    };
     let worker = w.register_worker(authed(register, Some(WORKER))).await?.into_inner().worker_id;
     let lease = w.lease_job(authed(pb::LeaseJobRequest { worker_id: worker.clone() }, Some(WORKER))).await?;
     let job = lease.into_inner().lease.ok_or_else(|| anyhow::anyhow!("no lease"))?.job_id;

@@ -226,7 +226,7 @@ def full_facts(docs: list[dict[str, Any]]) -> Callable[[], str]:
         we = env(w)
         assert we["LORASWEEP_COORDINATOR"] == "https://sweep-coordinator:50051", we
         assert we["LORASWEEP_TLS_CA"] == "/etc/lorasweep/ca/ca.crt" and we["LORASWEEP_DEVICE"] == "cpu", we
-        assert we["LORASWEEP_EXIT_WHEN_IDLE"] == "true", we
+        assert we["LORASWEEP_EXIT_WHEN_IDLE"] == "5m", we
         vols = {v["name"]: v for v in spec["volumes"]}
         assert vols["hf-cache"]["persistentVolumeClaim"] == {"claimName": "hf-cache", "readOnly": True}, vols
         assert vols["tokens"]["secret"]["secretName"] == "lorasweep-tokens", vols

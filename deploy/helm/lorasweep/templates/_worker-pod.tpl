@@ -56,9 +56,9 @@ spec:
         - name: LORASWEEP_SHUTDOWN_GRACE
           value: {{ $w.shutdownGrace | quote }}
         {{- if $job }}
-        # A Job's pod must end for the Job to complete: exit 0 once the queue is empty.
+        # A Job's pod must end for the Job to complete: exit 0 once the queue has been empty this long.
         - name: LORASWEEP_EXIT_WHEN_IDLE
-          value: "true"
+          value: {{ $w.exitWhenIdle | quote }}
         {{- end }}
         - name: HF_HOME
           value: /cache/huggingface
