@@ -11,6 +11,7 @@ mod cmd_demo;
 mod cmd_generate;
 mod cmd_health;
 mod cmd_jobs;
+mod cmd_launch;
 mod cmd_results;
 mod cmd_serve;
 mod cmd_sweeps;
@@ -74,6 +75,11 @@ enum Command {
     Plot(cmd_results::PlotArgs),
     /// Probe a coordinator (gRPC health) or a worker (`--http URL/healthz`); exit 0 if serving.
     Health(cmd_health::HealthArgs),
+    /// Start workers on a cluster scheduler (`launch slurm`: writes and sbatches a script).
+    Launch {
+        #[command(subcommand)]
+        which: cmd_launch::LaunchCommand,
+    },
     /// Run the whole system locally on a tiny generated model: the README's first command.
     Demo(cmd_demo::DemoArgs),
     /// Run the coordinator (same flags as `lorasweep-coordinator`).
@@ -145,6 +151,7 @@ fn main() -> anyhow::Result<()> {
         Command::Results(args) => rt()?.block_on(cmd_results::results(url, args)),
         Command::Plot(args) => rt()?.block_on(cmd_results::plot(url, args)),
         Command::Health(args) => rt()?.block_on(cmd_health::run(url, args)),
+        Command::Launch { which } => cmd_launch::run(url, cli.connect.token_file.as_deref(), which),
         Command::Demo(args) => rt()?.block_on(cmd_demo::run(args)),
         Command::Coordinator(args) => rt()?.block_on(cmd_serve::coordinator(args)),
         Command::Worker(args) => {
