@@ -80,7 +80,7 @@ pub(crate) struct SlurmArgs {
     #[arg(long, default_value = "lorasweep-logs")]
     log_dir: PathBuf,
     /// More worker flags, as one string (e.g. `--trainer synthetic`).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
     worker_args: String,
     /// Where to write the script (default: LOG_DIR/JOB_NAME.sbatch).
     #[arg(long)]
@@ -126,7 +126,10 @@ fn slurm(url: &str, token_file: Option<&Path>, args: SlurmArgs) -> anyhow::Resul
 /// The sbatch script for `args`.
 fn render(url: &str, token_file: Option<&Path>, args: &SlurmArgs) -> anyhow::Result<String> {
     ensure!(args.gpus >= 1, "--gpus must be at least 1");
-    ensure!(args.gpus_per_worker >= 1 && args.cpus_per_worker >= 1, "--gpus-per-worker and --cpus-per-worker must be at least 1");
+    ensure!(
+        args.gpus_per_worker >= 1 && args.cpus_per_worker >= 1,
+        "--gpus-per-worker and --cpus-per-worker must be at least 1"
+    );
     for (flag, value) in [("--shutdown-grace", &args.shutdown_grace), ("--exit-when-idle", &args.exit_when_idle)] {
         humantime::parse_duration(value).map_err(|e| anyhow::anyhow!("{flag} {value:?}: {e}"))?;
     }
@@ -214,7 +217,18 @@ mod tests {
 
     #[test]
     fn the_array_script_binds_a_gpu_per_task_signals_the_worker_and_requeues() -> anyhow::Result<()> {
-        let s = script(&["--gpus", "6", "--throttle", "4", "--partition", "gpu", "--time", "4:00:00", "--worker", "/opt/w"])?;
+        let s = script(&[
+            "--gpus",
+            "6",
+            "--throttle",
+            "4",
+            "--partition",
+            "gpu",
+            "--time",
+            "4:00:00",
+            "--worker",
+            "/opt/w",
+        ])?;
         for needle in [
             "#SBATCH --array=0-5%4",
             "#SBATCH --gres=gpu:1",

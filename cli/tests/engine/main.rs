@@ -17,3 +17,4 @@ mod docker;
 mod netfs;
 mod partition;
 mod resume;
+mod slurm;
