@@ -130,6 +130,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             metrics_listen: None,
             shutdown_grace: std::time::Duration::from_secs(5),
             exit_when_idle: None,
+            gpu_memory_gb: None,
         };
         let config = lorasweep_worker::Config::new(&url, worker_args)?;
         tracker.spawn(lorasweep_worker::run(config, shutdown.child_token()));

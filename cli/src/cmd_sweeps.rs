@@ -89,6 +89,9 @@ pub(crate) async fn status(url: &str, args: StatusArgs) -> anyhow::Result<()> {
         rows.push(vec![s.id.clone(), s.name.clone(), s.total.to_string(), done.to_string(), output::counts_line(s)]);
     }
     print!("{}", output::table(&rows));
+    for s in sweeps.iter().filter(|s| !s.unschedulable.is_empty()) {
+        println!("sweep {} ({}) cannot run: {}", s.id, s.name, s.unschedulable);
+    }
     Ok(())
 }
 

@@ -40,6 +40,8 @@ pub(crate) fn sweep_json(sweep: &pb::Sweep) -> Value {
         "counts": counts(sweep),
         "total": sweep.total,
         "finished": is_finished(sweep),
+        "priority": sweep.priority,
+        "unschedulable": sweep.unschedulable,
     })
 }
 

@@ -38,7 +38,32 @@ pub const ALLOWED_TARGETS: [&str; 7] = crate::Projection::NAMES;
 pub const ALLOWED_DTYPES: [&str; 2] = ["f32", "bf16"];
 
 /// The top-level keys of a sweep file.
-const TOP_KEYS: [&str; 6] = ["name", "model", "data", "lora", "train", "grid"];
+const TOP_KEYS: [&str; 8] = ["name", "priority", "model", "data", "lora", "train", "grid", "requirements"];
+
+/// The range of `priority`.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
+
+/// What a worker must offer to run a sweep's jobs (`[requirements]`); the defaults ask nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequirementsSpec {
+    /// `cpu`, `cuda`, or `any` (the default).
+    pub device: String,
+    /// Least GPU memory, in GB (10⁹ bytes), a worker must report; 0 asks nothing.
+    pub min_gpu_memory_gb: f64,
+    /// Least CPU threads a worker's trainer must use; 0 asks nothing.
+    pub min_cpu_threads: u32,
+}
+
+impl RequirementsSpec {
+    /// The device kind asked for, `""` for any.
+    pub fn device_kind(&self) -> &str {
+        match self.device.as_str() {
+            "" | "any" => "",
+            other => other,
+        }
+    }
+}
 
 /// The (init, lr, seed) axes of a sweep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +98,10 @@ pub struct SweepSpec {
     pub train: TrainSpec,
     /// `[grid]`.
     pub grid: GridSpec,
+    /// `priority`: higher runs first; sweeps of equal priority share the workers (default 0).
+    pub priority: i64,
+    /// `[requirements]`: which workers may run the jobs.
+    pub requirements: RequirementsSpec,
 }
 
 impl SweepSpec {
@@ -99,8 +128,18 @@ impl SweepSpec {
                 return Err(fail("name", format!("expected a string, found {}", other.type_str())));
             }
         };
+        let priority = match top.remove("priority") {
+            None => 0,
+            Some(Value::Integer(p)) if PRIORITY_RANGE.contains(&p) => p,
+            Some(Value::Integer(p)) => {
+                return Err(fail("priority", format!("{p} is out of range; allowed: -1000 to 1000")));
+            }
+            Some(other) => return Err(fail("priority", format!("expected an integer, found {}", other.type_str()))),
+        };
         let spec = SweepSpec {
             name,
+            priority,
+            requirements: section(&mut top, "requirements", &fail)?,
             model: section(&mut top, "model", &fail)?,
             data: section(&mut top, "data", &fail)?,
             lora: section(&mut top, "lora", &fail)?,
@@ -147,6 +186,22 @@ impl SweepSpec {
             if value.len() > max {
                 return Err(fail(key, format!("is {} bytes long; allowed: at most {max} bytes", value.len())));
             }
+        }
+        let r = &self.requirements;
+        if !["", "any", "cpu", "cuda"].contains(&r.device.as_str()) {
+            return Err(fail("requirements.device", format!("{:?} is not allowed; allowed: any, cpu, cuda", r.device)));
+        }
+        if !(r.min_gpu_memory_gb.is_finite() && r.min_gpu_memory_gb >= 0.0) {
+            return Err(fail(
+                "requirements.min_gpu_memory_gb",
+                format!("{} is out of range; allowed: finite and ≥ 0", r.min_gpu_memory_gb),
+            ));
+        }
+        if r.min_gpu_memory_gb > 0.0 && r.device_kind() == "cpu" {
+            return Err(fail(
+                "requirements.min_gpu_memory_gb",
+                "asks for GPU memory of a cpu sweep; drop one of the two".into(),
+            ));
         }
         if m.path.trim().is_empty() {
             return Err(fail("model.path", "is empty; give a model directory or hub id".into()));

@@ -252,3 +252,26 @@ fn checkpoint_every_is_accepted() {
     let spec = SweepSpec::parse("[train]\ncheckpoint_every = 10\n", "t.toml").expect("valid sweep");
     assert!(spec.jobs().iter().all(|j| j.train.checkpoint_every == 10));
 }
+
+#[test]
+fn priority_and_requirements_parse_and_are_checked_by_key() {
+    let spec = SweepSpec::parse("priority = 5\n[requirements]\ndevice = \"cuda\"\nmin_gpu_memory_gb = 40\n", "p.toml")
+        .expect("valid");
+    assert_eq!(
+        (spec.priority, spec.requirements.device_kind(), spec.requirements.min_gpu_memory_gb),
+        (5, "cuda", 40.0)
+    );
+    let plain = SweepSpec::parse("", "p.toml").expect("valid");
+    assert_eq!((plain.priority, plain.requirements.device_kind(), plain.requirements.min_cpu_threads), (0, "", 0));
+    for (text, key) in [
+        ("priority = 5000", "`priority`"),
+        ("priority = \"high\"", "`priority`"),
+        ("[requirements]\ndevice = \"tpu\"", "`requirements.device`"),
+        ("[requirements]\nmin_gpu_memory_gb = -1", "`requirements.min_gpu_memory_gb`"),
+        ("[requirements]\ndevice = \"cpu\"\nmin_gpu_memory_gb = 8", "`requirements.min_gpu_memory_gb`"),
+        ("[requirements]\ngpus = 2", "`requirements.gpus`"),
+    ] {
+        let err = SweepSpec::parse(text, "p.toml").expect_err(text).to_string();
+        assert!(err.contains(key), "{text}: {err}");
+    }
+}

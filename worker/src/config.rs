@@ -63,6 +63,10 @@ pub struct WorkerArgs {
     /// unreachable does not count. Off if unset.
     #[arg(long, env = "LORASWEEP_EXIT_WHEN_IDLE", value_parser = humantime::parse_duration)]
     pub exit_when_idle: Option<Duration>,
+    /// The GPU's memory in GB, reported at registration and matched against sweeps'
+    /// `[requirements] min_gpu_memory_gb` (not detected yet: give it on GPU workers).
+    #[arg(long, env = "LORASWEEP_GPU_MEMORY_GB")]
+    pub gpu_memory_gb: Option<f64>,
 }
 
 /// The worker binary's flags.
@@ -107,6 +111,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Exit once idle this long.
     pub exit_when_idle: Option<Duration>,
+    /// GPU memory reported at registration (0: unknown).
+    pub gpu_memory_bytes: u64,
 }
 
 impl Config {
@@ -146,6 +152,9 @@ impl Config {
                 "--exit-when-idle 0s would exit before the first lease; allowed: > 0".into(),
             ));
         }
+        if args.gpu_memory_gb.is_some_and(|gb| !(gb.is_finite() && gb > 0.0)) {
+            return Err(WorkerError::Config("--gpu-memory-gb must be a positive number of GB".into()));
+        }
         if args.max_backoff_ms == 0 {
             return Err(WorkerError::Config("--max-backoff-ms must be positive".into()));
         }
@@ -168,6 +177,7 @@ impl Config {
             metrics_listen: args.metrics_listen,
             shutdown_grace: args.shutdown_grace,
             exit_when_idle: args.exit_when_idle,
+            gpu_memory_bytes: args.gpu_memory_gb.map_or(0, |gb| (gb * 1e9) as u64),
         })
     }
 

@@ -206,6 +206,7 @@ async fn register(
         // What a scheduler bound to this process; `lorasweep workers` shows it.
         visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default(),
         cpu_threads: u32::try_from(lorasweep_train::cpu::thread_count(None)).unwrap_or(u32::MAX),
+        gpu_memory_bytes: config.gpu_memory_bytes,
     };
     let mut backoff = Backoff::new(config.max_backoff);
     loop {

@@ -187,6 +187,7 @@ async fn start_with(
         metrics_listen: None,
         shutdown_grace: std::time::Duration::from_secs(5),
         exit_when_idle,
+        gpu_memory_gb: None,
     };
     let worker = tokio::spawn(lorasweep_worker::daemon::run_until(
         Config::new(&url, args)?,
@@ -396,6 +397,7 @@ async fn unusable_trainer_device_is_a_clear_startup_error() -> anyhow::Result<()
         metrics_listen: None,
         shutdown_grace: std::time::Duration::from_secs(5),
         exit_when_idle: None,
+        gpu_memory_gb: None,
     };
     let config = Config::new("http://127.0.0.1:9", args)?;
     let run = lorasweep_worker::run(config, CancellationToken::new());

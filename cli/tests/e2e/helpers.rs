@@ -121,6 +121,7 @@ pub(crate) fn spawn_worker_with(
         metrics_listen: None,
         shutdown_grace: std::time::Duration::from_secs(5),
         exit_when_idle: None,
+        gpu_memory_gb: None,
     };
     let config = lorasweep_worker::Config::new(url, args)?.with_connect(connect)?;
     let shutdown = CancellationToken::new();

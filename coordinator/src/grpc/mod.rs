@@ -103,5 +103,7 @@ pub(crate) fn sweep_to_pb(summary: SweepSummary) -> pb::Sweep {
             .map(|(state, count)| pb::StateCount { state: state.to_wire(), count })
             .collect(),
         sweep_toml: summary.sweep.sweep_toml,
+        priority: summary.sweep.priority,
+        unschedulable: summary.unschedulable.unwrap_or_default(),
     }
 }

@@ -80,7 +80,10 @@ impl Workers for WorkersService {
         let device = label(req.device, "device", false)?;
         let trainer = label(req.trainer, "trainer", false)?;
         let visible_devices = label(req.visible_devices, "visible_devices", false)?;
-        let worker_id = self.store.register_worker(name, device, trainer, visible_devices, req.cpu_threads).await?;
+        let worker_id = self
+            .store
+            .register_worker(name, device, trainer, visible_devices, req.cpu_threads, req.gpu_memory_bytes)
+            .await?;
         tracing::info!(worker_id, "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse {
             worker_id,

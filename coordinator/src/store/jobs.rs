@@ -174,11 +174,32 @@ impl Store {
                     // One statement: the single writer already serialises leases, and this stays
                     // atomic even if another process ever writes the file. No event row: the
                     // event that ends the attempt records its worker and lease time.
+                    //
+                    // Which job: among the sweeps with queued jobs that this worker can run
+                    // (device kind, GPU memory, CPU threads; SweepRow::runs_on is the same rule),
+                    // the highest priority; among equal priorities a fair share of the workers:
+                    // the sweep with the fewest running jobs, then the one that has started the
+                    // fewest so far (so one worker alternates between two sweeps rather than
+                    // finishing the older first), then the oldest queued job. The per-sweep
+                    // numbers come from the (sweep_id, state) index; sweeps with nothing queued
+                    // are dropped by the EXISTS before any of them is computed.
                     let lease: Option<LeaseRow> = sqlx::query_as(
                         "UPDATE jobs SET state = 'running', attempt = attempt + 1, worker_id = ?1, \
                          lease_expires_at = ?2, leased_at = ?3, updated_at = ?3, step = 0, total_steps = 0, \
                          last_train_loss = NULL \
-                         WHERE pk = (SELECT pk FROM jobs WHERE state = 'queued' ORDER BY pk LIMIT 1) \
+                         WHERE pk = ( \
+                           SELECT first FROM ( \
+                             SELECT s.priority AS priority, \
+                               (SELECT COUNT(*) FROM jobs r WHERE r.sweep_id = s.id AND r.state = 'running') AS running, \
+                               (SELECT COUNT(*) FROM jobs r WHERE r.sweep_id = s.id AND r.state <> 'queued') AS started, \
+                               (SELECT MIN(q.pk) FROM jobs q WHERE q.sweep_id = s.id AND q.state = 'queued') AS first \
+                             FROM sweeps s JOIN workers w ON w.id = ?1 \
+                             WHERE EXISTS (SELECT 1 FROM jobs q WHERE q.sweep_id = s.id AND q.state = 'queued') \
+                               AND (s.need_device = '' OR (s.need_device = 'cuda' AND w.device LIKE 'cuda%') \
+                                    OR s.need_device = w.device) \
+                               AND w.gpu_memory_bytes >= s.min_gpu_memory_bytes \
+                               AND w.cpu_threads >= s.min_cpu_threads) \
+                           ORDER BY priority DESC, running ASC, started ASC, first ASC LIMIT 1) \
                          RETURNING id, sweep_id, attempt, spec_json, lease_expires_at",
                     )
                     .bind(&worker_id)

@@ -16,6 +16,37 @@ pub(crate) struct SweepRow {
     pub(crate) name: String,
     pub(crate) sweep_toml: String,
     pub(crate) created_at: i64,
+    pub(crate) priority: i64,
+    /// `''` (any), `cpu` or `cuda`.
+    pub(crate) need_device: String,
+    pub(crate) min_gpu_memory_bytes: i64,
+    pub(crate) min_cpu_threads: i64,
+}
+
+impl SweepRow {
+    /// Whether a worker with this device, CPU threads and GPU memory may run the sweep's jobs.
+    /// The same rule as the lease statement's (store::jobs::lease), for `status`.
+    pub(crate) fn runs_on(&self, device: &str, cpu_threads: i64, gpu_memory_bytes: i64) -> bool {
+        let kind_ok = match self.need_device.as_str() {
+            "" => true,
+            "cuda" => device.starts_with("cuda"),
+            other => device == other,
+        };
+        kind_ok && gpu_memory_bytes >= self.min_gpu_memory_bytes && cpu_threads >= self.min_cpu_threads
+    }
+
+    /// What the sweep needs, in words.
+    pub(crate) fn needs(&self) -> String {
+        let mut parts =
+            vec![if self.need_device.is_empty() { "any device".to_string() } else { self.need_device.clone() }];
+        if self.min_gpu_memory_bytes > 0 {
+            parts.push(format!("≥ {} GB of GPU memory", self.min_gpu_memory_bytes as f64 / 1e9));
+        }
+        if self.min_cpu_threads > 0 {
+            parts.push(format!("≥ {} CPU threads", self.min_cpu_threads));
+        }
+        parts.join(", ")
+    }
 }
 
 /// A sweep with its job counts per state.
@@ -24,6 +55,8 @@ pub(crate) struct SweepSummary {
     pub(crate) sweep: SweepRow,
     /// Only states with at least one job, in lifecycle order.
     pub(crate) counts: Vec<(JobState, u32)>,
+    /// Why its queued jobs cannot run: no live worker meets its requirements.
+    pub(crate) unschedulable: Option<String>,
 }
 
 impl SweepSummary {
@@ -38,7 +71,39 @@ impl SweepSummary {
     }
 }
 
+/// `(device, cpu_threads, gpu_memory_bytes)` of a live worker.
+type Capability = (String, i64, i64);
+
+/// Why `sweep`'s queued jobs cannot run on any of `workers`, if they cannot.
+fn unschedulable(sweep: &SweepRow, counts: &[(JobState, u32)], workers: &[Capability]) -> Option<String> {
+    let queued = counts.iter().any(|(s, n)| *s == JobState::Queued && *n > 0);
+    if !queued || workers.iter().any(|(d, t, m)| sweep.runs_on(d, *t, *m)) {
+        return None;
+    }
+    let seen: Vec<String> =
+        workers
+            .iter()
+            .map(|(d, t, m)| {
+                if *m > 0 { format!("{d} ({t} threads, {} GB)", *m as f64 / 1e9) } else { format!("{d} ({t} threads)") }
+            })
+            .collect();
+    Some(format!(
+        "no live worker can run it: it needs {}; live workers: {}",
+        sweep.needs(),
+        if seen.is_empty() { "none".into() } else { seen.join(", ") }
+    ))
+}
+
 impl Store {
+    /// What the live workers offer, for [`unschedulable`].
+    async fn live_workers(&self) -> Result<Vec<Capability>> {
+        let since = self.now() - self.lease_ttl_ms;
+        Ok(sqlx::query_as("SELECT device, cpu_threads, gpu_memory_bytes FROM workers WHERE last_seen > ?1")
+            .bind(since)
+            .fetch_all(&self.reads)
+            .await?)
+    }
+
     /// Stores a validated sweep and its jobs (queued, in grid order). Returns (sweep id, jobs).
     pub(crate) async fn submit_sweep(&self, spec: SweepSpec, toml: String, source: String) -> Result<(String, u32)> {
         let sweep_id = uuid::Uuid::new_v4().to_string();
@@ -58,13 +123,18 @@ impl Store {
             .write(move |conn| {
                 Box::pin(async move {
                     sqlx::query(
-                        "INSERT INTO sweeps (id, name, sweep_toml, source, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        "INSERT INTO sweeps (id, name, sweep_toml, source, created_at, priority, need_device, \
+                         min_gpu_memory_bytes, min_cpu_threads) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     )
                     .bind(&id)
                     .bind(&spec.name)
                     .bind(&toml)
                     .bind(&source)
                     .bind(now)
+                    .bind(spec.priority)
+                    .bind(spec.requirements.device_kind())
+                    .bind((spec.requirements.min_gpu_memory_gb * 1e9).ceil() as i64)
+                    .bind(i64::from(spec.requirements.min_cpu_threads))
                     .execute(&mut *conn)
                     .await?;
                     for (ord, (job_id, job, json)) in jobs.iter().enumerate() {
@@ -93,10 +163,13 @@ impl Store {
 
     /// All sweeps, newest first, with counts.
     pub(crate) async fn list_sweeps(&self) -> Result<Vec<SweepSummary>> {
-        let sweeps: Vec<SweepRow> =
-            sqlx::query_as("SELECT id, name, sweep_toml, created_at FROM sweeps ORDER BY created_at DESC, rowid DESC")
-                .fetch_all(&self.reads)
-                .await?;
+        let sweeps: Vec<SweepRow> = sqlx::query_as(
+            "SELECT id, name, sweep_toml, created_at, priority, need_device, min_gpu_memory_bytes, min_cpu_threads \
+                 FROM sweeps ORDER BY created_at DESC, rowid DESC",
+        )
+        .fetch_all(&self.reads)
+        .await?;
+        let workers = self.live_workers().await?;
         let rows: Vec<(String, String, i64)> =
             sqlx::query_as("SELECT sweep_id, state, count(*) FROM jobs GROUP BY sweep_id, state")
                 .fetch_all(&self.reads)
@@ -110,7 +183,8 @@ impl Store {
             .map(|sweep| {
                 let mut counts = counts.remove(&sweep.id).unwrap_or_default();
                 counts.sort();
-                SweepSummary { sweep, counts }
+                let unschedulable = unschedulable(&sweep, &counts, &workers);
+                SweepSummary { sweep, counts, unschedulable }
             })
             .collect())
     }
@@ -120,11 +194,14 @@ impl Store {
     /// # Errors
     /// [`Error::NotFound`] for an unknown id.
     pub(crate) async fn get_sweep(&self, sweep_id: &str) -> Result<SweepSummary> {
-        let sweep: SweepRow = sqlx::query_as("SELECT id, name, sweep_toml, created_at FROM sweeps WHERE id = ?1")
-            .bind(sweep_id)
-            .fetch_optional(&self.reads)
-            .await?
-            .ok_or_else(|| unknown_sweep(sweep_id))?;
+        let sweep: SweepRow = sqlx::query_as(
+            "SELECT id, name, sweep_toml, created_at, priority, need_device, min_gpu_memory_bytes, min_cpu_threads \
+             FROM sweeps WHERE id = ?1",
+        )
+        .bind(sweep_id)
+        .fetch_optional(&self.reads)
+        .await?
+        .ok_or_else(|| unknown_sweep(sweep_id))?;
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, count(*) FROM jobs WHERE sweep_id = ?1 GROUP BY state")
                 .bind(sweep_id)
@@ -133,7 +210,8 @@ impl Store {
         let mut counts =
             rows.into_iter().map(|(state, n)| Ok((state_of(&state)?, n as u32))).collect::<Result<Vec<_>>>()?;
         counts.sort();
-        Ok(SweepSummary { sweep, counts })
+        let unschedulable = unschedulable(&sweep, &counts, &self.live_workers().await?);
+        Ok(SweepSummary { sweep, counts, unschedulable })
     }
 
     /// Cancels every queued or running job of a sweep; returns how many.

@@ -14,6 +14,7 @@ pub(crate) struct WorkerRow {
     pub(crate) trainer: String,
     pub(crate) visible_devices: String,
     pub(crate) cpu_threads: i64,
+    pub(crate) gpu_memory_bytes: i64,
     pub(crate) last_seen: i64,
     /// A running job leased to it, if any.
     pub(crate) job_id: Option<String>,
@@ -45,6 +46,7 @@ impl Store {
         trainer: String,
         visible_devices: String,
         cpu_threads: u32,
+        gpu_memory_bytes: u64,
     ) -> Result<String> {
         let id = uuid::Uuid::new_v4().to_string();
         let now = self.now();
@@ -53,8 +55,8 @@ impl Store {
             .write(move |conn| {
                 Box::pin(async move {
                     sqlx::query(
-                        "INSERT INTO workers (id, name, device, trainer, created_at, last_seen, visible_devices, cpu_threads) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
+                        "INSERT INTO workers (id, name, device, trainer, created_at, last_seen, visible_devices, cpu_threads, \
+                         gpu_memory_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8)",
                     )
                     .bind(&worker_id)
                     .bind(&name)
@@ -63,6 +65,7 @@ impl Store {
                     .bind(now)
                     .bind(&visible_devices)
                     .bind(i64::from(cpu_threads))
+                    .bind(i64::try_from(gpu_memory_bytes).unwrap_or(i64::MAX))
                     .execute(conn)
                     .await?;
                     Ok(())
@@ -75,7 +78,7 @@ impl Store {
     /// All workers, most recently seen first, with `alive` = seen within the lease TTL.
     pub(crate) async fn list_workers(&self) -> Result<Vec<(WorkerRow, bool)>> {
         let rows: Vec<WorkerRow> = sqlx::query_as(
-            "SELECT w.id, w.name, w.device, w.trainer, w.visible_devices, w.cpu_threads, w.last_seen, \
+            "SELECT w.id, w.name, w.device, w.trainer, w.visible_devices, w.cpu_threads, w.gpu_memory_bytes, w.last_seen, \
              (SELECT j.id FROM jobs j WHERE j.worker_id = w.id AND j.state = 'running' ORDER BY j.pk LIMIT 1) AS job_id \
              FROM workers w ORDER BY w.last_seen DESC, w.rowid DESC",
         )

@@ -17,6 +17,7 @@ async fn visible_devices_and_threads_are_listed_per_worker() -> anyhow::Result<(
                 trainer: "candle".into(),
                 visible_devices: cvd.into(),
                 cpu_threads: 8,
+                gpu_memory_bytes: 0,
             })
             .await?;
     }

@@ -3,6 +3,7 @@
 mod artifacts;
 mod catalogue;
 mod devices;
+mod fairness;
 mod fuzz;
 mod health;
 mod helpers;
