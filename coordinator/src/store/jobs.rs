@@ -178,11 +178,12 @@ impl Store {
                     // Which job: among the sweeps with queued jobs that this worker can run
                     // (device kind, GPU memory, CPU threads; SweepRow::runs_on is the same rule),
                     // the highest priority; among equal priorities a fair share of the workers:
-                    // the sweep with the fewest running jobs, then the one that has started the
-                    // fewest so far (so one worker alternates between two sweeps rather than
-                    // finishing the older first), then the oldest queued job. The per-sweep
-                    // numbers come from the (sweep_id, state) index; sweeps with nothing queued
-                    // are dropped by the EXISTS before any of them is computed.
+                    // the sweep with the fewest running jobs, then the one leased least recently
+                    // (round-robin: one worker alternates between two sweeps rather than
+                    // finishing the older first; `lease_seq` is kept by a trigger), then
+                    // the oldest queued job. The per-sweep numbers come from the
+                    // (sweep_id, state) index; sweeps with nothing queued are dropped by the
+                    // EXISTS before any of them is computed.
                     let lease: Option<LeaseRow> = sqlx::query_as(
                         "UPDATE jobs SET state = 'running', attempt = attempt + 1, worker_id = ?1, \
                          lease_expires_at = ?2, leased_at = ?3, updated_at = ?3, step = 0, total_steps = 0, \
@@ -191,7 +192,7 @@ impl Store {
                            SELECT first FROM ( \
                              SELECT s.priority AS priority, \
                                (SELECT COUNT(*) FROM jobs r WHERE r.sweep_id = s.id AND r.state = 'running') AS running, \
-                               (SELECT COUNT(*) FROM jobs r WHERE r.sweep_id = s.id AND r.state <> 'queued') AS started, \
+                               s.lease_seq AS lease_seq, \
                                (SELECT MIN(q.pk) FROM jobs q WHERE q.sweep_id = s.id AND q.state = 'queued') AS first \
                              FROM sweeps s JOIN workers w ON w.id = ?1 \
                              WHERE EXISTS (SELECT 1 FROM jobs q WHERE q.sweep_id = s.id AND q.state = 'queued') \
@@ -199,7 +200,7 @@ impl Store {
                                     OR s.need_device = w.device) \
                                AND w.gpu_memory_bytes >= s.min_gpu_memory_bytes \
                                AND w.cpu_threads >= s.min_cpu_threads) \
-                           ORDER BY priority DESC, running ASC, started ASC, first ASC LIMIT 1) \
+                           ORDER BY priority DESC, running ASC, lease_seq ASC, first ASC LIMIT 1) \
                          RETURNING id, sweep_id, attempt, spec_json, lease_expires_at",
                     )
                     .bind(&worker_id)

@@ -1,6 +1,6 @@
 //! Sharing a mixed cluster: a worker leases only jobs of sweeps whose `[requirements]` it meets,
 //! higher `priority` first, and sweeps of equal priority share the workers (fewest running
-//! jobs first, then fewest started) instead of the oldest sweep holding every worker until it
+//! jobs first, then the one leased least recently) instead of the oldest sweep holding every worker until it
 //! is done. A sweep no live worker can run says so in GetSweep.
 
 use std::collections::HashMap;
