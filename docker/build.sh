@@ -60,6 +60,8 @@ build() { # target image
 }
 build coordinator "lorasweep-coordinator:$tag"
 build worker "lorasweep-worker:$tag"
+# The images these tags pointed at before are untagged now; remove them (only ours: by label).
+docker image prune -f --filter label=org.opencontainers.image.title=lorasweep >/dev/null
 if [ -n "$cuda_dir" ]; then
     for b in lorasweep lorasweep-worker; do
         [ -x "$cuda_dir/$b" ] || { echo "docker/build.sh: $cuda_dir/$b is missing; run scripts/build-cuda.sh first" >&2; exit 1; }
