@@ -50,7 +50,7 @@ impl Drop for Project {
 }
 
 #[test]
-#[ignore = "needs a Docker engine: cargo test -p lorasweep-cli --test engine -- --ignored (.ci/run runs it)"]
+#[ignore = "needs a Docker engine: cargo test --workspace --test engine -- --ignored (.ci/run runs it)"]
 fn compose_serves_with_tokens_and_the_demo_profile_prints_results() -> anyhow::Result<()> {
     let _serial = serial();
     require_engine()?;

@@ -4,7 +4,7 @@
 //!
 //! They are `#[ignore]`d, so a plain `cargo test --workspace` on a machine with only a Rust
 //! toolchain passes and lists them as ignored; `.ci/run` installs and starts the engine and runs
-//! them with `cargo test -p lorasweep-cli --test engine -- --ignored`. Run that way without an
+//! them with `cargo test --workspace --test engine -- --ignored`. Run that way without an
 //! engine, every test fails with a message saying what is missing — never a silent skip.
 //!
 //! The images are built once per run from the binaries next to `CARGO_BIN_EXE_lorasweep` (the

@@ -37,7 +37,7 @@ impl Drop for Fuse {
 }
 
 #[test]
-#[ignore = "needs FUSE and bindfs: cargo test -p lorasweep-cli --test engine -- --ignored (.ci/run runs it)"]
+#[ignore = "needs FUSE and bindfs: cargo test --workspace --test engine -- --ignored (.ci/run runs it)"]
 fn a_coordinator_refuses_a_data_dir_on_fuse_unless_allowed() -> anyhow::Result<()> {
     let _serial = serial();
     let dir = tempfile::tempdir()?;

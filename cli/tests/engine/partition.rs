@@ -45,7 +45,7 @@ fn job<'a>(jobs: &'a serde_json::Value, id: &str) -> anyhow::Result<&'a serde_js
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a Docker engine: cargo test -p lorasweep-cli --test engine -- --ignored (.ci/run runs it)"]
+#[ignore = "needs a Docker engine: cargo test --workspace --test engine -- --ignored (.ci/run runs it)"]
 async fn a_140_job_sweep_survives_a_kill_a_partition_and_a_coordinator_restart() -> anyhow::Result<()> {
     let _serial = serial();
     require_engine()?;

@@ -41,7 +41,7 @@ impl Progress for Points {
 type Curve = Vec<(String, i64, i64)>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a Docker engine: cargo test -p lorasweep-cli --test engine -- --ignored (.ci/run runs it)"]
+#[ignore = "needs a Docker engine: cargo test --workspace --test engine -- --ignored (.ci/run runs it)"]
 async fn a_killed_candle_container_resumes_from_its_checkpoint_bit_for_bit_in_another() -> anyhow::Result<()> {
     let _serial = serial();
     require_engine()?;

@@ -230,7 +230,7 @@ fn step_of(line: &str) -> Option<u64> {
 }
 
 #[test]
-#[ignore = "needs root, slurm-wlm and munge: cargo test -p lorasweep-cli --test engine -- --ignored (.ci/run runs it)"]
+#[ignore = "needs root, slurm-wlm and munge: cargo test --workspace --test engine -- --ignored (.ci/run runs it)"]
 fn a_slurm_array_binds_gpus_releases_on_scancel_resumes_after_requeue_and_completes() -> anyhow::Result<()> {
     let _serial = serial();
     let slurm = Slurm::start()?;
