@@ -7,6 +7,7 @@ ALTER TABLE sweeps ADD COLUMN need_device TEXT NOT NULL DEFAULT '';
 ALTER TABLE sweeps ADD COLUMN min_gpu_memory_bytes INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE sweeps ADD COLUMN min_cpu_threads INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE workers ADD COLUMN gpu_memory_bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workers ADD COLUMN gpu_name TEXT NOT NULL DEFAULT '';
 CREATE INDEX jobs_sweep_state ON jobs (sweep_id, state);
 -- The order of the sweeps' latest leases (a counter, not a time: two leases may share a
 -- millisecond): among sweeps running equally many jobs the lease picks the one leased least

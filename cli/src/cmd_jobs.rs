@@ -131,6 +131,11 @@ pub(crate) async fn workers(url: &str, args: WorkersArgs) -> anyhow::Result<()> 
             w.id.clone(),
             w.name.clone(),
             w.device.clone(),
+            match (w.gpu_name.as_str(), w.gpu_memory_bytes) {
+                ("", 0) => "-".into(),
+                (name, 0) => name.to_string(),
+                (name, bytes) => format!("{} {:.0} GB", if name.is_empty() { "GPU" } else { name }, bytes as f64 / 1e9),
+            },
             // CUDA_VISIBLE_DEVICES as the worker saw it; "all" when it was unset.
             if w.visible_devices.is_empty() { "all".into() } else { w.visible_devices.clone() },
             w.cpu_threads.to_string(),

@@ -98,6 +98,8 @@ pub(crate) fn worker_json(w: &pb::WorkerInfo) -> Value {
         "trainer": w.trainer,
         "visible_devices": w.visible_devices,
         "cpu_threads": w.cpu_threads,
+        "gpu_name": w.gpu_name,
+        "gpu_memory_bytes": w.gpu_memory_bytes,
         "last_seen_ms": w.last_seen_ms,
         "job_id": w.job_id,
         "alive": w.alive,

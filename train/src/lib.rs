@@ -57,5 +57,5 @@ pub mod tiny;
 pub mod trainer;
 
 pub use error::TrainError;
-pub use local::{CandleTrainer, LocalOpts, train_local};
+pub use local::{CandleTrainer, DeviceInfo, LocalOpts, device_info, train_local};
 pub use trainer::{Progress, TrainOutcome, Trainer};

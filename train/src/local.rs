@@ -24,6 +24,37 @@ use crate::{
     trainer::{Progress, TrainOutcome, Trainer},
 };
 
+/// What a worker reports of its device at registration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceInfo {
+    /// The GPU's name (`NVIDIA H100 80GB HBM3`), `""` on CPU.
+    pub name: String,
+    /// The GPU's total memory in bytes, 0 on CPU.
+    pub memory_bytes: u64,
+}
+
+/// Asks the driver for the name and memory of `device` (`cpu`, `cuda`, `cuda:N`).
+///
+/// # Errors
+/// As [`parse_device`]; a CUDA device whose driver does not answer.
+pub fn device_info(device: &str) -> Result<DeviceInfo, TrainError> {
+    match parse_device(device)? {
+        Device::Cuda(_cuda) => {
+            #[cfg(feature = "cuda")]
+            {
+                let ctx = _cuda.cuda_stream().context().clone();
+                let driver = |e: candle_core::cuda_backend::cudarc::driver::DriverError| {
+                    TrainError::Invalid(format!("device {device:?}: the CUDA driver: {e}"))
+                };
+                Ok(DeviceInfo { name: ctx.name().map_err(driver)?, memory_bytes: ctx.total_mem().map_err(driver)? as u64 })
+            }
+            #[cfg(not(feature = "cuda"))]
+            Err(TrainError::Invalid(format!("device {device:?}: built without the `cuda` feature")))
+        }
+        _ => Ok(DeviceInfo::default()),
+    }
+}
+
 /// Parses `cpu`, `cuda` or `cuda:N`.
 ///
 /// # Errors

@@ -64,7 +64,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "LORASWEEP_EXIT_WHEN_IDLE", value_parser = humantime::parse_duration)]
     pub exit_when_idle: Option<Duration>,
     /// The GPU's memory in GB, reported at registration and matched against sweeps'
-    /// `[requirements] min_gpu_memory_gb` (not detected yet: give it on GPU workers).
+    /// `[requirements] min_gpu_memory_gb`; default: what the CUDA driver reports.
     #[arg(long, env = "LORASWEEP_GPU_MEMORY_GB")]
     pub gpu_memory_gb: Option<f64>,
 }

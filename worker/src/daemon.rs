@@ -199,6 +199,15 @@ async fn register(
     if !shutdown.is_cancelled() {
         live.set_state(State::Registering);
     }
+    // The GPU's name and memory from the driver (cuda builds); --gpu-memory-gb overrides.
+    let gpu = if config.device.starts_with("cuda") {
+        lorasweep_train::device_info(&config.device).unwrap_or_else(|e| {
+            tracing::warn!(device = %config.device, error = %e, "cannot ask the driver about the GPU; reporting none");
+            lorasweep_train::DeviceInfo::default()
+        })
+    } else {
+        lorasweep_train::DeviceInfo::default()
+    };
     let req = pb::RegisterWorkerRequest {
         name: config.name.clone(),
         device: config.device.clone(),
@@ -206,7 +215,8 @@ async fn register(
         // What a scheduler bound to this process; `lorasweep workers` shows it.
         visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default(),
         cpu_threads: u32::try_from(lorasweep_train::cpu::thread_count(None)).unwrap_or(u32::MAX),
-        gpu_memory_bytes: config.gpu_memory_bytes,
+        gpu_memory_bytes: if config.gpu_memory_bytes > 0 { config.gpu_memory_bytes } else { gpu.memory_bytes },
+        gpu_name: gpu.name,
     };
     let mut backoff = Backoff::new(config.max_backoff);
     loop {

@@ -188,6 +188,7 @@ impl Sweeps for SweepsService {
                     visible_devices: w.visible_devices,
                     cpu_threads: u32::try_from(w.cpu_threads).unwrap_or(0),
                     gpu_memory_bytes: u64::try_from(w.gpu_memory_bytes).unwrap_or(0),
+                    gpu_name: w.gpu_name,
                     last_seen_ms: w.last_seen,
                     job_id: w.job_id.unwrap_or_default(),
                     alive,

@@ -80,9 +80,10 @@ impl Workers for WorkersService {
         let device = label(req.device, "device", false)?;
         let trainer = label(req.trainer, "trainer", false)?;
         let visible_devices = label(req.visible_devices, "visible_devices", false)?;
+        let gpu_name = label(req.gpu_name, "gpu_name", false)?;
         let worker_id = self
             .store
-            .register_worker(name, device, trainer, visible_devices, req.cpu_threads, req.gpu_memory_bytes)
+            .register_worker(name, device, trainer, visible_devices, req.cpu_threads, req.gpu_memory_bytes, gpu_name)
             .await?;
         tracing::info!(worker_id, "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse {

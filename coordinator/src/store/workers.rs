@@ -15,6 +15,7 @@ pub(crate) struct WorkerRow {
     pub(crate) visible_devices: String,
     pub(crate) cpu_threads: i64,
     pub(crate) gpu_memory_bytes: i64,
+    pub(crate) gpu_name: String,
     pub(crate) last_seen: i64,
     /// A running job leased to it, if any.
     pub(crate) job_id: Option<String>,
@@ -47,6 +48,7 @@ impl Store {
         visible_devices: String,
         cpu_threads: u32,
         gpu_memory_bytes: u64,
+        gpu_name: String,
     ) -> Result<String> {
         let id = uuid::Uuid::new_v4().to_string();
         let now = self.now();
@@ -56,7 +58,7 @@ impl Store {
                 Box::pin(async move {
                     sqlx::query(
                         "INSERT INTO workers (id, name, device, trainer, created_at, last_seen, visible_devices, cpu_threads, \
-                         gpu_memory_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8)",
+                         gpu_memory_bytes, gpu_name) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9)",
                     )
                     .bind(&worker_id)
                     .bind(&name)
@@ -66,6 +68,7 @@ impl Store {
                     .bind(&visible_devices)
                     .bind(i64::from(cpu_threads))
                     .bind(i64::try_from(gpu_memory_bytes).unwrap_or(i64::MAX))
+                    .bind(&gpu_name)
                     .execute(conn)
                     .await?;
                     Ok(())
@@ -78,7 +81,7 @@ impl Store {
     /// All workers, most recently seen first, with `alive` = seen within the lease TTL.
     pub(crate) async fn list_workers(&self) -> Result<Vec<(WorkerRow, bool)>> {
         let rows: Vec<WorkerRow> = sqlx::query_as(
-            "SELECT w.id, w.name, w.device, w.trainer, w.visible_devices, w.cpu_threads, w.gpu_memory_bytes, w.last_seen, \
+            "SELECT w.id, w.name, w.device, w.trainer, w.visible_devices, w.cpu_threads, w.gpu_memory_bytes, w.gpu_name, w.last_seen, \
              (SELECT j.id FROM jobs j WHERE j.worker_id = w.id AND j.state = 'running' ORDER BY j.pk LIMIT 1) AS job_id \
              FROM workers w ORDER BY w.last_seen DESC, w.rowid DESC",
         )
