@@ -45,7 +45,8 @@ for b in lorasweep lorasweep-coordinator lorasweep-worker; do
 done
 
 if ! docker image inspect debian:bookworm-slim >/dev/null 2>&1; then
-    docker pull debian:bookworm-slim 2>/dev/null || bash docker/base.sh
+    # Bounded: where no registry answers, a pull may hang rather than fail.
+    timeout 60 docker pull debian:bookworm-slim >/dev/null 2>&1 || bash docker/base.sh
 fi
 
 ctx=$root/target/docker-context
