@@ -46,7 +46,10 @@ pub fn device_info(device: &str) -> Result<DeviceInfo, TrainError> {
                 let driver = |e: candle_core::cuda_backend::cudarc::driver::DriverError| {
                     TrainError::Invalid(format!("device {device:?}: the CUDA driver: {e}"))
                 };
-                Ok(DeviceInfo { name: ctx.name().map_err(driver)?, memory_bytes: ctx.total_mem().map_err(driver)? as u64 })
+                Ok(DeviceInfo {
+                    name: ctx.name().map_err(driver)?,
+                    memory_bytes: ctx.total_mem().map_err(driver)? as u64,
+                })
             }
             #[cfg(not(feature = "cuda"))]
             Err(TrainError::Invalid(format!("device {device:?}: built without the `cuda` feature")))

@@ -18,3 +18,4 @@ mod netfs;
 mod partition;
 mod resume;
 mod slurm;
+mod tiny;

@@ -7,34 +7,25 @@
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Context, ensure};
-use lorasweep_common::{LossPoint, Series, SweepSpec};
-use lorasweep_train::{CandleTrainer, Progress};
+use lorasweep_common::{Series, SweepSpec};
+use lorasweep_train::CandleTrainer;
 
-use crate::docker::{
-    Scope, cli_json, copy_data_out, docker, field, images, log_lines, open_db, repo, require_engine, serial, wait_for,
-    worker_healthz,
+use crate::{
+    docker::{
+        Scope, cli_json, copy_data_out, docker, field, images, log_lines, open_db, repo, require_engine, serial,
+        wait_for, worker_healthz,
+    },
+    tiny,
 };
 
 fn sweep_toml(model: &str, data: &str) -> String {
-    format!(
-        "name = \"resume\"\n[model]\npath = {model:?}\ndtype = \"f32\"\n[data]\npath = {data:?}\nmax_length = 64\nshuffle = true\n\
-         [lora]\nr = 4\nalpha = 8.0\ndropout = 0.1\ntargets = [\"q_proj\", \"v_proj\"]\n\
-         [train]\nmicro_batch = 2\ngrad_accum = 2\nepochs = 3\neval_every = 8\ncheckpoint_every = 5\n\
-         divergence_threshold = 100.0\n[grid]\ninits = [\"standard\", \"ortho-qr-const\"]\nlrs = [1e-3, 1e-2]\nseeds = [5]\n"
+    tiny::sweep_toml(
+        "resume",
+        model,
+        data,
+        5,
+        "inits = [\"standard\", \"ortho-qr-const\"]\nlrs = [1e-3, 1e-2]\nseeds = [5]",
     )
-}
-
-#[derive(Default)]
-struct Points(Vec<LossPoint>);
-
-impl Progress for Points {
-    fn total_steps(&mut self, _: u64) {}
-    fn point(&mut self, p: LossPoint) {
-        self.0.push(p);
-    }
-    fn cancelled(&self) -> bool {
-        false
-    }
 }
 
 /// `(series, step, loss bits)`, sorted.
@@ -170,10 +161,8 @@ async fn a_killed_candle_container_resumes_from_its_checkpoint_bit_for_bit_in_an
         &fixtures.join("tiny-data").display().to_string(),
     );
     for spec in SweepSpec::parse(&host_toml, "resume.toml")?.jobs() {
-        let mut points = Points::default();
-        let outcome = trainer.run_job(&spec, None, None, &mut points)?;
+        let (points, final_eval_loss) = tiny::reference(&mut trainer, &spec)?;
         let mut want: Curve = points
-            .0
             .iter()
             .map(|p| {
                 (
@@ -189,11 +178,10 @@ async fn a_killed_candle_container_resumes_from_its_checkpoint_bit_for_bit_in_an
         ensure!(got == &want, "{} lr {}: the stored curve differs from the fault-free run", spec.init, spec.lr);
         let final_loss = finals.iter().find(|f| f.1 == key.0 && f.2.to_bits() == key.1).and_then(|f| f.4);
         ensure!(
-            final_loss.map(f64::to_bits) == outcome.final_eval_loss.map(f64::to_bits),
-            "{} lr {}: final eval loss {final_loss:?} vs fault-free {:?}",
+            final_loss.map(f64::to_bits) == final_eval_loss.map(f64::to_bits),
+            "{} lr {}: final eval loss {final_loss:?} vs fault-free {final_eval_loss:?}",
             spec.init,
-            spec.lr,
-            outcome.final_eval_loss
+            spec.lr
         );
     }
     scope.passed();

@@ -16,11 +16,14 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
-use lorasweep_common::{LossPoint, Series, SweepSpec};
+use lorasweep_common::{Series, SweepSpec};
 use lorasweep_proto::pb;
-use lorasweep_train::{CandleTrainer, Progress};
+use lorasweep_train::CandleTrainer;
 
-use crate::docker::{BIN, repo, run, serial, wait_for};
+use crate::{
+    docker::{BIN, repo, run, serial, wait_for},
+    tiny,
+};
 
 /// The Slurm daemons of one test, stopped (with every job cancelled) on drop.
 struct Slurm {
@@ -173,25 +176,13 @@ fn cli_json(url: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
 }
 
 fn sweep_toml(model: &str, data: &str) -> String {
-    format!(
-        "name = \"slurm\"\n[model]\npath = {model:?}\ndtype = \"f32\"\n[data]\npath = {data:?}\nmax_length = 64\nshuffle = true\n\
-         [lora]\nr = 4\nalpha = 8.0\ndropout = 0.1\ntargets = [\"q_proj\", \"v_proj\"]\n\
-         [train]\nmicro_batch = 2\ngrad_accum = 2\nepochs = 3\neval_every = 8\ncheckpoint_every = 10\n\
-         divergence_threshold = 100.0\n[grid]\ninits = [\"standard\", \"ortho-eye\"]\nlrs = [1e-3, 5e-3, 1e-2]\nseeds = [9]\n"
+    tiny::sweep_toml(
+        "slurm",
+        model,
+        data,
+        10,
+        "inits = [\"standard\", \"ortho-eye\"]\nlrs = [1e-3, 5e-3, 1e-2]\nseeds = [9]",
     )
-}
-
-#[derive(Default)]
-struct Points(Vec<LossPoint>);
-
-impl Progress for Points {
-    fn total_steps(&mut self, _: u64) {}
-    fn point(&mut self, p: LossPoint) {
-        self.0.push(p);
-    }
-    fn cancelled(&self) -> bool {
-        false
-    }
 }
 
 /// A running job: (job id, step, worker id).
@@ -369,8 +360,7 @@ fn a_slurm_array_binds_gpus_releases_on_scancel_resumes_after_requeue_and_comple
             .and_then(|j| j["id"].as_str())
             .with_context(|| format!("no job for {} {}", spec.init, spec.lr))?
             .to_string();
-        let mut points = Points::default();
-        trainer.run_job(&spec, None, None, &mut points)?;
+        let (points, _) = tiny::reference(&mut trainer, &spec)?;
         // Through gRPC: the f64s as stored (a JSON round trip may move the last bit).
         let curve = rt.block_on(async {
             let mut sweeps = pb::sweeps_client::SweepsClient::connect(url.to_string()).await?;
@@ -381,7 +371,7 @@ fn a_slurm_array_binds_gpus_releases_on_scancel_resumes_after_requeue_and_comple
             (Series::Eval, &curve.eval_steps, &curve.eval_losses),
         ] {
             let want: Vec<(u64, u64)> =
-                points.0.iter().filter(|p| p.series == series).map(|p| (p.step, p.loss.to_bits())).collect();
+                points.iter().filter(|p| p.series == series).map(|p| (p.step, p.loss.to_bits())).collect();
             let got: Vec<(u64, u64)> = steps.iter().zip(losses).map(|(s, l)| (*s, l.to_bits())).collect();
             ensure!(
                 got == want,

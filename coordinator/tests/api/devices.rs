@@ -9,7 +9,9 @@ use crate::helpers::spawn_coordinator;
 #[tokio::test]
 async fn visible_devices_and_threads_are_listed_per_worker() -> anyhow::Result<()> {
     let mut c = spawn_coordinator().await?;
-    for (name, cvd, gpu) in [("slurm-0", "0", "NVIDIA H100 80GB HBM3"), ("slurm-1", "1", "NVIDIA H100 80GB HBM3"), ("laptop", "", "")] {
+    for (name, cvd, gpu) in
+        [("slurm-0", "0", "NVIDIA H100 80GB HBM3"), ("slurm-1", "1", "NVIDIA H100 80GB HBM3"), ("laptop", "", "")]
+    {
         c.workers
             .register_worker(pb::RegisterWorkerRequest {
                 name: name.into(),
@@ -23,8 +25,10 @@ async fn visible_devices_and_threads_are_listed_per_worker() -> anyhow::Result<(
             .await?;
     }
     let listed = c.sweeps.list_workers(pb::ListWorkersRequest {}).await?.into_inner().workers;
-    let mut seen: Vec<(String, String, u32, String, u64)> =
-        listed.into_iter().map(|w| (w.name, w.visible_devices, w.cpu_threads, w.gpu_name, w.gpu_memory_bytes)).collect();
+    let mut seen: Vec<(String, String, u32, String, u64)> = listed
+        .into_iter()
+        .map(|w| (w.name, w.visible_devices, w.cpu_threads, w.gpu_name, w.gpu_memory_bytes))
+        .collect();
     seen.sort();
     let h100 = ("NVIDIA H100 80GB HBM3", 85_520_809_984);
     assert_eq!(
