@@ -13,7 +13,7 @@ use crate::{
     error::{Error, Result},
     limits::MAX_ERROR_LEN,
     metrics::Metrics,
-    store::{Store, jobs::Outcome},
+    store::{Store, jobs::Outcome, workers::NewWorker},
 };
 
 /// Point messages of one stream that may be waiting on the writer at once. Pipelining lets a
@@ -83,7 +83,15 @@ impl Workers for WorkersService {
         let gpu_name = label(req.gpu_name, "gpu_name", false)?;
         let worker_id = self
             .store
-            .register_worker(name, device, trainer, visible_devices, req.cpu_threads, req.gpu_memory_bytes, gpu_name)
+            .register_worker(NewWorker {
+                name,
+                device,
+                trainer,
+                visible_devices,
+                cpu_threads: req.cpu_threads,
+                gpu_memory_bytes: req.gpu_memory_bytes,
+                gpu_name,
+            })
             .await?;
         tracing::info!(worker_id, "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse {

@@ -38,18 +38,22 @@ pub(crate) async fn touch(conn: &mut SqliteConnection, worker_id: &str, now: i64
     Ok(())
 }
 
+/// A worker as it describes itself at registration (validated by the caller).
+#[derive(Debug, Clone)]
+pub(crate) struct NewWorker {
+    pub(crate) name: String,
+    pub(crate) device: String,
+    pub(crate) trainer: String,
+    /// CUDA_VISIBLE_DEVICES as it saw it.
+    pub(crate) visible_devices: String,
+    pub(crate) cpu_threads: u32,
+    pub(crate) gpu_memory_bytes: u64,
+    pub(crate) gpu_name: String,
+}
+
 impl Store {
     /// Registers a worker; returns its new id.
-    pub(crate) async fn register_worker(
-        &self,
-        name: String,
-        device: String,
-        trainer: String,
-        visible_devices: String,
-        cpu_threads: u32,
-        gpu_memory_bytes: u64,
-        gpu_name: String,
-    ) -> Result<String> {
+    pub(crate) async fn register_worker(&self, w: NewWorker) -> Result<String> {
         let id = uuid::Uuid::new_v4().to_string();
         let now = self.now();
         let worker_id = id.clone();
@@ -61,14 +65,14 @@ impl Store {
                          gpu_memory_bytes, gpu_name) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9)",
                     )
                     .bind(&worker_id)
-                    .bind(&name)
-                    .bind(&device)
-                    .bind(&trainer)
+                    .bind(&w.name)
+                    .bind(&w.device)
+                    .bind(&w.trainer)
                     .bind(now)
-                    .bind(&visible_devices)
-                    .bind(i64::from(cpu_threads))
-                    .bind(i64::try_from(gpu_memory_bytes).unwrap_or(i64::MAX))
-                    .bind(&gpu_name)
+                    .bind(&w.visible_devices)
+                    .bind(i64::from(w.cpu_threads))
+                    .bind(i64::try_from(w.gpu_memory_bytes).unwrap_or(i64::MAX))
+                    .bind(&w.gpu_name)
                     .execute(conn)
                     .await?;
                     Ok(())
