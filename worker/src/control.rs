@@ -46,7 +46,8 @@ pub(crate) struct Shutdown {
 }
 
 impl Shutdown {
-    /// A shutdown driven by `soft` alone (tests, the demo): the hard stop follows the work window.
+    /// A shutdown of `grace`; [`Shutdown::escalate_after_window`] cancels `hard` if no second
+    /// signal does.
     pub(crate) fn new(soft: CancellationToken, hard: CancellationToken, grace: Duration) -> Self {
         Self { soft, hard, grace }
     }

@@ -15,7 +15,7 @@
 //! - [`artifacts`]: checkpoint and adapter transfer to and from the coordinator's artifact
 //!   store; [`artifacts::download_verified`] and [`ArtifactTransfer`] serve the CLI too.
 //! - `rpc`: error classes, retry budgets and backoff for coordinator calls.
-//! - `status`: what the worker is doing now (state, attempt, step, counters), for
+//! - `status`: what the worker is doing now (state, attempt, step, counters), for `metrics`.
 //! - `metrics`: the `--metrics-listen` endpoint, Prometheus `/metrics` and `/healthz`.
 //! - [`error`]: what can stop the daemon, [`WorkerError`].
 

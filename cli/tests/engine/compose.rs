@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 
-use crate::docker::{Scope, docker, health, images, repo, require_engine, serial, wait_for};
+use crate::docker::{docker, engine_test, health, repo, wait_for};
 
 /// `docker compose` if the plugin is there, else `docker-compose`.
 fn compose_command() -> anyhow::Result<Vec<String>> {
@@ -52,10 +52,7 @@ impl Drop for Project {
 #[test]
 #[ignore = "needs a Docker engine: cargo test --workspace --test engine -- --ignored (.ci/run runs it)"]
 fn compose_serves_with_tokens_and_the_demo_profile_prints_results() -> anyhow::Result<()> {
-    let _serial = serial();
-    require_engine()?;
-    images()?;
-    let scope = Scope::new("compose");
+    let (_serial, scope) = engine_test("compose")?;
     let project_name = scope.name("p").to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "");
     let secrets = tempfile::tempdir()?;
     for role in ["admin", "worker"] {

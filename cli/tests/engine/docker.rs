@@ -24,6 +24,15 @@ pub(crate) fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The start of every container test: the serial guard, the engine check, the images, and the
+/// test's [`Scope`].
+pub(crate) fn engine_test(test: &str) -> anyhow::Result<(MutexGuard<'static, ()>, Scope)> {
+    let guard = serial();
+    require_engine()?;
+    images()?;
+    Ok((guard, Scope::new(test)))
+}
+
 /// Runs `program args`, returning trimmed stdout; a failure names the command and its stderr.
 pub(crate) fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(program)

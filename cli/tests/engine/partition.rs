@@ -14,8 +14,8 @@ use std::{
 use anyhow::{Context, bail, ensure};
 
 use crate::docker::{
-    Scope, cli_json, copy_data_out, docker, field, images, line_time, log_lines, open_db, require_engine, secs, serial,
-    wait_for, wait_healthy, worker_healthz,
+    cli_json, copy_data_out, docker, engine_test, field, line_time, log_lines, open_db, secs, wait_for, wait_healthy,
+    worker_healthz,
 };
 
 const STEPS: u64 = 300;
@@ -50,10 +50,7 @@ fn job<'a>(jobs: &'a serde_json::Value, id: &str) -> anyhow::Result<&'a serde_js
 #[allow(clippy::await_holding_lock)]
 #[ignore = "needs a Docker engine: cargo test --workspace --test engine -- --ignored (.ci/run runs it)"]
 async fn a_140_job_sweep_survives_a_kill_a_partition_and_a_coordinator_restart() -> anyhow::Result<()> {
-    let _serial = serial();
-    require_engine()?;
-    images()?;
-    let mut scope = Scope::new("partition");
+    let (_serial, mut scope) = engine_test("partition")?;
     let net = scope.network("sweep")?;
     let data = scope.volume("data")?;
     let volume = format!("{data}:/data");

@@ -11,10 +11,7 @@ use lorasweep_common::{Series, SweepSpec};
 use lorasweep_train::CandleTrainer;
 
 use crate::{
-    docker::{
-        Scope, cli_json, copy_data_out, docker, field, images, log_lines, open_db, repo, require_engine, serial,
-        wait_for, worker_healthz,
-    },
+    docker::{cli_json, copy_data_out, docker, engine_test, field, log_lines, open_db, repo, wait_for, worker_healthz},
     tiny,
 };
 
@@ -37,10 +34,7 @@ type Curve = Vec<(String, i64, i64)>;
 #[allow(clippy::await_holding_lock)]
 #[ignore = "needs a Docker engine: cargo test --workspace --test engine -- --ignored (.ci/run runs it)"]
 async fn a_killed_candle_container_resumes_from_its_checkpoint_bit_for_bit_in_another() -> anyhow::Result<()> {
-    let _serial = serial();
-    require_engine()?;
-    images()?;
-    let mut scope = Scope::new("resume");
+    let (_serial, mut scope) = engine_test("resume")?;
     let net = scope.network("sweep")?;
     let cache = scope.volume("cache")?;
     let mount = format!("{cache}:/cache");

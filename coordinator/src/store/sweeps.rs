@@ -95,13 +95,15 @@ fn unschedulable(sweep: &SweepRow, counts: &[(JobState, u32)], workers: &[Capabi
 }
 
 impl Store {
-    /// What the live workers offer, for [`unschedulable`].
+    /// What the live workers offer (alive as ListWorkers says it), for [`unschedulable`].
     async fn live_workers(&self) -> Result<Vec<Capability>> {
-        let since = self.now() - self.lease_ttl_ms;
-        Ok(sqlx::query_as("SELECT device, cpu_threads, gpu_memory_bytes FROM workers WHERE last_seen > ?1")
-            .bind(since)
-            .fetch_all(&self.reads)
-            .await?)
+        Ok(self
+            .list_workers()
+            .await?
+            .into_iter()
+            .filter(|(_, alive)| *alive)
+            .map(|(w, _)| (w.device, w.cpu_threads, w.gpu_memory_bytes))
+            .collect())
     }
 
     /// Stores a validated sweep and its jobs (queued, in grid order). Returns (sweep id, jobs).
