@@ -4,7 +4,7 @@
 use std::{sync::OnceLock, time::Duration};
 
 use anyhow::{Context, anyhow};
-use lorasweep_proto::pb::sweeps_client::SweepsClient;
+use lorasweep_proto::pb::{self, sweeps_client::SweepsClient};
 use lorasweep_worker::connect::{Authed, ConnectArgs, Remote};
 use tonic::{Code, Status};
 
@@ -65,4 +65,89 @@ pub(crate) fn call_error(what: &str, status: Status) -> anyhow::Error {
         }
         code => anyhow!("{what}: {code:?}: {}", status.message()),
     }
+}
+
+/// Every job of a sweep (in grid order), optionally only those in `state` (a wire state, 0 for
+/// all): ListJobs page after page.
+///
+/// # Errors
+/// The first failed call, as [`call_error`] words it.
+pub(crate) async fn all_jobs(client: &mut Client, sweep: &str, state: i32) -> anyhow::Result<Vec<pb::Job>> {
+    let mut jobs = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_jobs(pb::ListJobsRequest { sweep_id: sweep.to_string(), state, page_size: 0, page_token })
+            .await
+            .map_err(|s| call_error(&format!("jobs of sweep {sweep}"), s))?
+            .into_inner();
+        jobs.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            return Ok(jobs);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Every sweep, newest first: ListSweeps page after page.
+///
+/// # Errors
+/// As [`all_jobs`].
+pub(crate) async fn all_sweeps(client: &mut Client) -> anyhow::Result<Vec<pb::Sweep>> {
+    let mut sweeps = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_sweeps(pb::ListSweepsRequest { page_size: 0, page_token })
+            .await
+            .map_err(|s| call_error("listing sweeps", s))?
+            .into_inner();
+        sweeps.extend(page.sweeps);
+        if page.next_page_token.is_empty() {
+            return Ok(sweeps);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Every registered worker: ListWorkers page after page.
+///
+/// # Errors
+/// As [`all_jobs`].
+pub(crate) async fn all_workers(client: &mut Client) -> anyhow::Result<Vec<pb::WorkerInfo>> {
+    let mut workers = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_workers(pb::ListWorkersRequest { page_size: 0, page_token })
+            .await
+            .map_err(|s| call_error("listing workers", s))?
+            .into_inner();
+        workers.extend(page.workers);
+        if page.next_page_token.is_empty() {
+            return Ok(workers);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// A job's whole curves: GetCurve's pieces concatenated.
+///
+/// # Errors
+/// As [`all_jobs`]; also a stream that breaks off.
+pub(crate) async fn curve(client: &mut Client, job: &str) -> anyhow::Result<pb::GetCurveResponse> {
+    let what = || format!("curve of job {job}");
+    let mut stream = client
+        .get_curve(pb::GetCurveRequest { job_id: job.to_string() })
+        .await
+        .map_err(|s| call_error(&what(), s))?
+        .into_inner();
+    let mut curve = pb::GetCurveResponse::default();
+    while let Some(piece) = stream.message().await.map_err(|s| call_error(&what(), s))? {
+        curve.train_steps.extend(piece.train_steps);
+        curve.train_losses.extend(piece.train_losses);
+        curve.eval_steps.extend(piece.eval_steps);
+        curve.eval_losses.extend(piece.eval_losses);
+    }
+    Ok(curve)
 }

@@ -56,12 +56,7 @@ pub(crate) async fn fetch(client: &mut Client, sweep: &str) -> anyhow::Result<Fe
         .sweep
         .map(|s| s.name)
         .unwrap_or_default();
-    let jobs = client
-        .list_jobs(pb::ListJobsRequest { sweep_id: sweep.to_string(), state: 0 })
-        .await
-        .map_err(|s| client::call_error(&format!("listing the jobs of sweep {sweep}"), s))?
-        .into_inner()
-        .jobs;
+    let jobs = client::all_jobs(client, sweep, 0).await?;
     let jobs = jobs
         .into_iter()
         .map(|j| {
@@ -122,11 +117,7 @@ pub(crate) async fn write_plots(
             if r.init != init || (r.lr - lr).abs() > 1e-12 * lr.abs() {
                 continue;
             }
-            let c = client
-                .get_curve(pb::GetCurveRequest { job_id: job.id.clone() })
-                .await
-                .map_err(|s| client::call_error(&format!("reading the curve of job {}", job.id), s))?
-                .into_inner();
+            let c = client::curve(client, &job.id).await?;
             seeds.push(c.eval_steps.into_iter().zip(c.eval_losses).collect());
         }
         if !seeds.is_empty() {

@@ -1,4 +1,4 @@
-//! Sweep-level client commands: `submit`, `status`, `cancel`, `retry`.
+//! Sweep-level client commands: `submit`, `status`, `cancel`, `retry`, `resume`.
 
 use std::path::PathBuf;
 
@@ -61,14 +61,7 @@ pub(crate) async fn status(url: &str, args: StatusArgs) -> anyhow::Result<()> {
                 .into_inner();
             vec![resp.sweep.with_context(|| format!("sweep {id}: the coordinator sent no sweep"))?]
         }
-        None => {
-            client
-                .list_sweeps(pb::ListSweepsRequest {})
-                .await
-                .map_err(|s| client::call_error("listing sweeps", s))?
-                .into_inner()
-                .sweeps
-        }
+        None => client::all_sweeps(&mut client).await?,
     };
     if args.json {
         let value = match (&args.sweep, sweeps.as_slice()) {
@@ -86,9 +79,16 @@ pub(crate) async fn status(url: &str, args: StatusArgs) -> anyhow::Result<()> {
     for s in &sweeps {
         let c = output::counts(s);
         let done = c["succeeded"] + c["diverged"] + c["failed"] + c["cancelled"];
-        rows.push(vec![s.id.clone(), s.name.clone(), s.total.to_string(), done.to_string(), output::counts_line(s)]);
+        let mut states = output::counts_line(s);
+        if !s.paused.is_empty() {
+            states.push_str("  PAUSED");
+        }
+        rows.push(vec![s.id.clone(), s.name.clone(), s.total.to_string(), done.to_string(), states]);
     }
     print!("{}", output::table(&rows));
+    for s in sweeps.iter().filter(|s| !s.paused.is_empty()) {
+        println!("sweep {} ({}) is paused: {}", s.id, s.name, s.paused);
+    }
     for s in sweeps.iter().filter(|s| !s.unschedulable.is_empty()) {
         println!("sweep {} ({}) cannot run: {}", s.id, s.name, s.unschedulable);
     }
@@ -116,5 +116,17 @@ pub(crate) async fn retry(url: &str, args: SweepArg) -> anyhow::Result<()> {
         .map_err(|s| client::call_error(&format!("retrying sweep {}", args.sweep), s))?
         .into_inner();
     println!("requeued {} jobs of sweep {}", resp.requeued, args.sweep);
+    Ok(())
+}
+
+/// Lifts a fail-fast pause: requeues the jobs that failed with a non-retryable error.
+pub(crate) async fn resume(url: &str, args: SweepArg) -> anyhow::Result<()> {
+    let mut client = client::connect(url).await?;
+    let resp = client
+        .resume_sweep(pb::ResumeSweepRequest { sweep_id: args.sweep.clone() })
+        .await
+        .map_err(|s| client::call_error(&format!("resuming sweep {}", args.sweep), s))?
+        .into_inner();
+    println!("resumed sweep {}: requeued {} failed jobs", args.sweep, resp.requeued);
     Ok(())
 }

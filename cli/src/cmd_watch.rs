@@ -91,12 +91,32 @@ async fn follow(
     };
     let mut stream =
         client.watch_sweep(pb::WatchSweepRequest { sweep_id: sweep.to_string() }).await.map_err(classify)?.into_inner();
+    // A large sweep's snapshot spans several messages (`more`): shown once whole.
+    let mut partial: Option<pb::WatchSweepResponse> = None;
     while let Some(item) = stream.next().await {
-        let snap = item.map_err(classify)?;
+        let piece = item.map_err(classify)?;
         *outage = None;
+        let more = piece.more;
+        let snap = match partial.take() {
+            Some(mut acc) => {
+                acc.jobs.extend(piece.jobs);
+                acc.sweep = piece.sweep.or(acc.sweep);
+                acc
+            }
+            None => piece,
+        };
+        if more {
+            partial = Some(snap);
+            continue;
+        }
         view.update(&snap);
         if let Some(s) = snap.sweep {
+            let paused = (!s.paused.is_empty()).then(|| s.paused.clone());
             *last = Some(s);
+            if let Some(reason) = paused {
+                // Nothing moves until someone acts: say why and stop watching.
+                return Err(Follow::Fatal(anyhow::anyhow!("sweep {sweep} is paused: {reason}")));
+            }
         }
     }
     Ok(())

@@ -57,6 +57,12 @@ enum Command {
     Status(cmd_sweeps::StatusArgs),
     /// List a sweep's jobs.
     Jobs(cmd_jobs::JobsArgs),
+    /// Show one job whole: its spec, every attempt (worker, device, outcome, error), artifacts.
+    Job(cmd_jobs::JobArgs),
+    /// Print what happened to a sweep or a job (leases, lost heartbeats, requeues, errors, …).
+    Events(cmd_jobs::EventsArgs),
+    /// Print the log records a job's workers shipped.
+    Logs(cmd_jobs::LogsArgs),
     /// Print a job's loss curves.
     Curve(cmd_jobs::CurveArgs),
     /// Write a finished job's final adapter as a PEFT directory.
@@ -69,6 +75,8 @@ enum Command {
     Cancel(cmd_sweeps::SweepArg),
     /// Requeue every failed or cancelled job of a sweep.
     Retry(cmd_sweeps::SweepArg),
+    /// Continue a sweep that fail-fast paused, after fixing the cause (requeues its failed jobs).
+    Resume(cmd_sweeps::SweepArg),
     /// Print the study's two tables (final eval loss per lr × init, and relative to Standard).
     Results(cmd_results::ResultsArgs),
     /// Write the study's plots (PNG and SVG) for a sweep.
@@ -127,14 +135,20 @@ fn main() -> anyhow::Result<()> {
         Command::Coordinator(_) | Command::Worker(_) => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
+    {
+        use tracing_subscriber::{Layer, filter::LevelFilter, layer::SubscriberExt, util::SubscriberInitExt};
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
         // Daemon logs often go to files; colour codes only help on a terminal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        let stderr = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter(filter);
+        // Workers (`worker`, and the demo's in-process ones) ship job-scoped records to the
+        // coordinator for `lorasweep logs`, whatever RUST_LOG says for stderr.
+        let ship = matches!(cli.command, Command::Worker(_) | Command::Demo(_))
+            .then(|| lorasweep_worker::logship::layer().with_filter(LevelFilter::INFO));
+        tracing_subscriber::registry().with(stderr).with(ship).init();
+    }
     client::configure(cli.connect.clone());
     let url = cli.coordinator.as_str();
     let rt = || tokio::runtime::Runtime::new().map_err(anyhow::Error::from);
@@ -142,12 +156,16 @@ fn main() -> anyhow::Result<()> {
         Command::Submit(args) => rt()?.block_on(cmd_sweeps::submit(url, args)),
         Command::Status(args) => rt()?.block_on(cmd_sweeps::status(url, args)),
         Command::Jobs(args) => rt()?.block_on(cmd_jobs::jobs(url, args)),
+        Command::Job(args) => rt()?.block_on(cmd_jobs::job(url, args)),
+        Command::Events(args) => rt()?.block_on(cmd_jobs::events(url, args)),
+        Command::Logs(args) => rt()?.block_on(cmd_jobs::logs(url, args)),
         Command::Curve(args) => rt()?.block_on(cmd_jobs::curve(url, args)),
         Command::Adapter(args) => rt()?.block_on(cmd_adapter::run(url, args)),
         Command::Workers(args) => rt()?.block_on(cmd_jobs::workers(url, args)),
         Command::Watch(args) => rt()?.block_on(cmd_watch::watch(url, args)),
         Command::Cancel(args) => rt()?.block_on(cmd_sweeps::cancel(url, args)),
         Command::Retry(args) => rt()?.block_on(cmd_sweeps::retry(url, args)),
+        Command::Resume(args) => rt()?.block_on(cmd_sweeps::resume(url, args)),
         Command::Results(args) => rt()?.block_on(cmd_results::results(url, args)),
         Command::Plot(args) => rt()?.block_on(cmd_results::plot(url, args)),
         Command::Health(args) => rt()?.block_on(cmd_health::run(url, args)),

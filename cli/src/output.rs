@@ -42,11 +42,14 @@ pub(crate) fn sweep_json(sweep: &pb::Sweep) -> Value {
         "finished": is_finished(sweep),
         "priority": sweep.priority,
         "unschedulable": sweep.unschedulable,
+        "paused": sweep.paused,
+        "paused_at_ms": sweep.paused_at_ms,
+        "fail_fast": sweep.fail_fast,
     })
 }
 
 /// One element of `jobs --json`: `{"id","init","lr","seed","state","attempt","worker","step",
-/// "final_eval_loss"}` plus `total_steps`, `last_train_loss`, `failures`, `error`.
+/// "final_eval_loss"}` plus `total_steps`, `last_train_loss`, `failures`, `error`, `error_kind`.
 pub(crate) fn job_json(job: &pb::Job) -> Value {
     json!({
         "id": job.id,
@@ -62,7 +65,133 @@ pub(crate) fn job_json(job: &pb::Job) -> Value {
         "final_eval_loss": job.final_eval_loss,
         "failures": job.failures,
         "error": job.error,
+        "error_kind": job.error_kind,
     })
+}
+
+/// One attempt of `job --json`.
+pub(crate) fn attempt_json(a: &pb::Attempt) -> Value {
+    json!({
+        "attempt": a.attempt,
+        "worker_id": a.worker_id,
+        "worker_name": a.worker_name,
+        "device": a.device,
+        "gpu_name": a.gpu_name,
+        "visible_devices": a.visible_devices,
+        "leased_at_ms": a.leased_at_ms,
+        "ended_at_ms": a.ended_at_ms,
+        "outcome": a.outcome,
+        "error": a.error,
+        "error_kind": a.error_kind,
+        "resumed_from_step": a.resumed_from_step,
+        "log_records": a.log_records,
+        "logs_dropped": a.logs_dropped,
+    })
+}
+
+/// `checkpoint` or `adapter`.
+pub(crate) fn artifact_kind(wire: i32) -> &'static str {
+    match pb::ArtifactKind::try_from(wire) {
+        Ok(pb::ArtifactKind::Checkpoint) => "checkpoint",
+        Ok(pb::ArtifactKind::Adapter) => "adapter",
+        _ => "unknown",
+    }
+}
+
+/// One artifact of `job --json`.
+pub(crate) fn artifact_json(a: &pb::Artifact) -> Value {
+    json!({
+        "kind": artifact_kind(a.kind),
+        "step": a.step,
+        "attempt": a.attempt,
+        "size": a.size,
+        "sha256": a.sha256,
+        "created_at_ms": a.created_at_ms,
+    })
+}
+
+/// One line of `events --json`.
+pub(crate) fn event_json(e: &pb::Event) -> Value {
+    json!({
+        "id": e.id,
+        "at_ms": e.at_ms,
+        "sweep_id": e.sweep_id,
+        "job_id": e.job_id,
+        "kind": e.kind,
+        "detail": e.detail,
+        "attempt": e.attempt,
+        "worker_id": e.worker_id,
+        "worker_name": e.worker_name,
+    })
+}
+
+/// `TIME  KIND  [job J attempt N on W]  detail`.
+pub(crate) fn event_line(e: &pb::Event) -> String {
+    let mut line = format!("{}  {:<14}", time_ms(e.at_ms), e.kind);
+    if !e.job_id.is_empty() {
+        line.push_str(&format!("  job {}", e.job_id));
+    }
+    if e.attempt > 0 {
+        line.push_str(&format!(" attempt {}", e.attempt));
+    }
+    if !e.worker_id.is_empty() {
+        let who = if e.worker_name.is_empty() { &e.worker_id } else { &e.worker_name };
+        line.push_str(&format!(" on {who}"));
+    }
+    if !e.detail.is_empty() {
+        line.push_str(&format!(": {}", e.detail));
+    }
+    line
+}
+
+/// One line of `logs --json`.
+pub(crate) fn log_json(r: &pb::LogRecord) -> Value {
+    json!({
+        "seq": r.seq,
+        "attempt": r.attempt,
+        "at_ms": r.at_ms,
+        "level": r.level,
+        "target": r.target,
+        "message": r.message,
+    })
+}
+
+/// `TIME  LEVEL  [attempt N]  target: message`.
+pub(crate) fn log_line(r: &pb::LogRecord) -> String {
+    format!("{}  {:<5}  [attempt {}]  {}: {}", time_ms(r.at_ms), r.level, r.attempt, r.target, r.message)
+}
+
+/// A Unix-ms time as RFC 3339 UTC with milliseconds; `-` for 0.
+pub(crate) fn time_ms(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A worker's device with its GPU and bound GPUs, e.g. `cuda:0 (H100 80GB, CUDA_VISIBLE_DEVICES=2)`.
+pub(crate) fn device(device: &str, gpu_name: &str, visible: &str) -> String {
+    let mut parts = Vec::new();
+    if !gpu_name.is_empty() {
+        parts.push(gpu_name.to_string());
+    }
+    if !visible.is_empty() {
+        parts.push(format!("CUDA_VISIBLE_DEVICES={visible}"));
+    }
+    let device = if device.is_empty() { "?" } else { device };
+    if parts.is_empty() { device.to_string() } else { format!("{device} ({})", parts.join(", ")) }
+}
+
+/// `text` on one line, at most `max` characters (an ellipsis marks a cut).
+pub(crate) fn short(text: &str, max: usize) -> String {
+    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= max {
+        return one_line;
+    }
+    let mut cut: String = one_line.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
 }
 
 /// `curve --json`: `{"train": [[step, loss], ...], "eval": [[step, loss], ...]}`. NaN/inf losses

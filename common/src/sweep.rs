@@ -38,7 +38,11 @@ pub const ALLOWED_TARGETS: [&str; 7] = crate::Projection::NAMES;
 pub const ALLOWED_DTYPES: [&str; 2] = ["f32", "bf16"];
 
 /// The top-level keys of a sweep file.
-const TOP_KEYS: [&str; 8] = ["name", "priority", "model", "data", "lora", "train", "grid", "requirements"];
+const TOP_KEYS: [&str; 9] = ["name", "priority", "fail_fast", "model", "data", "lora", "train", "grid", "requirements"];
+
+/// `fail_fast` when the file does not say: three non-retryable failures with no success yet pause
+/// the sweep (a broken model path fails every job the same way within milliseconds).
+pub const DEFAULT_FAIL_FAST: u32 = 3;
 
 /// The range of `priority`.
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
@@ -102,6 +106,10 @@ pub struct SweepSpec {
     pub priority: i64,
     /// `[requirements]`: which workers may run the jobs.
     pub requirements: RequirementsSpec,
+    /// `fail_fast`: pause the sweep once this many jobs failed with a non-retryable error while
+    /// none has succeeded (`None`: `fail_fast = false`, never pause). Default
+    /// [`DEFAULT_FAIL_FAST`].
+    pub fail_fast: Option<u32>,
 }
 
 impl SweepSpec {
@@ -136,9 +144,30 @@ impl SweepSpec {
             }
             Some(other) => return Err(fail("priority", format!("expected an integer, found {}", other.type_str()))),
         };
+        let fail_fast = match top.remove("fail_fast") {
+            None | Some(Value::Boolean(true)) => Some(DEFAULT_FAIL_FAST),
+            Some(Value::Boolean(false)) => None,
+            Some(Value::Integer(n)) if (1..=MAX_JOBS as i64).contains(&n) => Some(n as u32),
+            Some(Value::Integer(n)) => {
+                return Err(fail(
+                    "fail_fast",
+                    format!(
+                        "{n} is out of range; allowed: 1 to {} failed jobs, or `false` to never pause the sweep",
+                        MAX_JOBS
+                    ),
+                ));
+            }
+            Some(other) => {
+                return Err(fail(
+                    "fail_fast",
+                    format!("expected a positive integer or a boolean, found {}", other.type_str()),
+                ));
+            }
+        };
         let spec = SweepSpec {
             name,
             priority,
+            fail_fast,
             requirements: section(&mut top, "requirements", &fail)?,
             model: section(&mut top, "model", &fail)?,
             data: section(&mut top, "data", &fail)?,

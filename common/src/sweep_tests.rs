@@ -275,3 +275,15 @@ fn priority_and_requirements_parse_and_are_checked_by_key() {
         assert!(err.contains(key), "{text}: {err}");
     }
 }
+
+#[test]
+fn fail_fast_defaults_on_and_refuses_zero_negative_and_strings() {
+    assert_eq!(SweepSpec::parse("", "f.toml").expect("valid").fail_fast, Some(crate::sweep::DEFAULT_FAIL_FAST));
+    assert_eq!(SweepSpec::parse("fail_fast = 7", "f.toml").expect("valid").fail_fast, Some(7));
+    assert_eq!(SweepSpec::parse("fail_fast = true", "f.toml").expect("valid").fail_fast, Some(3));
+    assert_eq!(SweepSpec::parse("fail_fast = false", "f.toml").expect("valid").fail_fast, None);
+    for text in ["fail_fast = 0", "fail_fast = -2", "fail_fast = 100000", "fail_fast = \"3\"", "fail_fast = 1.5"] {
+        let err = SweepSpec::parse(text, "f.toml").expect_err(text).to_string();
+        assert!(err.contains("f.toml") && err.contains("`fail_fast`"), "{text}: {err}");
+    }
+}

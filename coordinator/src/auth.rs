@@ -1,9 +1,10 @@
 //! Bearer-token authentication of every gRPC call, as a tower layer in front of both services.
 //!
 //! Two tokens, two roles. The **worker token** may call the `Workers` service (register, lease,
-//! heartbeat, report, complete, fail). The **admin token** may call everything, including the
-//! steering calls of `Sweeps` (SubmitSweep, CancelSweep, RetrySweep). The read-only `Sweeps` calls
-//! (ListSweeps, GetSweep, ListJobs, WatchSweep, GetCurve, ListWorkers) accept either token: they
+//! heartbeat, report, complete, fail, ship logs). The **admin token** may call everything,
+//! including the steering calls of `Sweeps` (SubmitSweep, CancelSweep, RetrySweep, ResumeSweep).
+//! The read-only `Sweeps` calls (ListSweeps, GetSweep, ListJobs, GetJob, WatchSweep, GetCurve,
+//! ListWorkers, ListEvents, FollowEvents, ListLogs, FollowLogs) accept either token: they
 //! change nothing, and a worker operator watching progress should not need the admin secret.
 //!
 //! With no token configured auth is off; `serve` allows that only on a loopback address (or with
@@ -122,12 +123,14 @@ fn need_of(path: &str) -> (Need, &str) {
         ("grpc.health.v1.Health", "Check" | "Watch") => Need::Nothing,
         ("lorasweep.v1.Workers", _) => Need::Worker,
         // Uploads and warnings are fenced worker calls; reading artifacts changes nothing.
-        ("lorasweep.v1.Artifacts", "UploadArtifact" | "ReportJobWarning") => Need::Worker,
+        ("lorasweep.v1.Artifacts", "UploadArtifact" | "ReportJobWarning" | "ReportResumed") => Need::Worker,
         ("lorasweep.v1.Artifacts", "ListArtifacts" | "DownloadArtifact") => Need::Any,
-        ("lorasweep.v1.Sweeps", "SubmitSweep" | "CancelSweep" | "RetrySweep") => Need::Admin,
-        ("lorasweep.v1.Sweeps", "ListSweeps" | "GetSweep" | "ListJobs" | "WatchSweep" | "GetCurve" | "ListWorkers") => {
-            Need::Any
-        }
+        ("lorasweep.v1.Sweeps", "SubmitSweep" | "CancelSweep" | "RetrySweep" | "ResumeSweep") => Need::Admin,
+        (
+            "lorasweep.v1.Sweeps",
+            "ListSweeps" | "GetSweep" | "ListJobs" | "GetJob" | "WatchSweep" | "GetCurve" | "ListWorkers" | "ListEvents"
+            | "FollowEvents" | "ListLogs" | "FollowLogs",
+        ) => Need::Any,
         _ => Need::Admin,
     };
     (need, method)

@@ -37,7 +37,7 @@ mod store;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Cli, Config, TlsIdentity};
 pub use error::Error;
-pub use store::{DB_FILE, Durability};
+pub use store::{DB_FILE, Durability, logs::MAX_LOG_BYTES_PER_JOB};
 
 use std::{net::SocketAddr, sync::Arc};
 

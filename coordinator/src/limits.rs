@@ -9,7 +9,11 @@
 //!   of a sweep file are checked against fixed lists);
 //! - tokens: 16 to 1024 bytes (`auth`);
 //! - artifacts: 8 GiB each, sent in chunks of at most 1 MiB (`grpc::artifacts`); a job warning:
-//!   [`MAX_ERROR_LEN`].
+//!   [`MAX_ERROR_LEN`];
+//! - job logs: [`MAX_LOG_RECORDS_PER_CALL`] records of [`MAX_LOG_MESSAGE_LEN`] bytes per
+//!   ShipLogs, and `store::logs::MAX_LOG_BYTES_PER_JOB` stored per job;
+//! - answers that grow with the data are paged or streamed (`grpc::paging`), each message at
+//!   most `grpc::paging::PAGE_BYTES`.
 
 use tonic::{Code, Status};
 
@@ -25,6 +29,12 @@ pub const MAX_POINTS_PER_STREAM: u64 = 1_000_000;
 
 /// Longest `error` a FailJob may carry: enough for a backtrace, not for a log file.
 pub const MAX_ERROR_LEN: usize = 64 << 10;
+
+/// Most records one ShipLogs may carry (workers ship every second or so, far fewer).
+pub const MAX_LOG_RECORDS_PER_CALL: usize = 1000;
+
+/// Longest log message a worker may ship (workers cut longer ones before sending).
+pub const MAX_LOG_MESSAGE_LEN: usize = 4096;
 
 /// Longest `source` of a SubmitSweep (a file path shown in error messages).
 pub const MAX_SOURCE_LEN: usize = 4096;

@@ -60,7 +60,7 @@ async fn job_scoped_log_lines_carry_job_and_worker_ids() -> anyhow::Result<()> {
     let stale = c.heartbeat(&worker, &lease.job_id, lease.attempt + 5).await;
     assert!(stale.is_err());
     c.complete(&worker, &lease, 1.0).await?;
-    let _ = c.sweeps.list_sweeps(pb::ListSweepsRequest {}).await?;
+    let _ = c.sweeps.list_sweeps(pb::ListSweepsRequest::default()).await?;
     c.stop().await?;
 
     let text = log.text();

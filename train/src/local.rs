@@ -284,7 +284,10 @@ fn pick_checkpoint(job: &JobSpec, ads: &Adapters, progress: &mut dyn Progress) -
     while let Some((step, bytes)) = progress.resume_candidate() {
         let ck = Checkpoint::from_bytes(&bytes).and_then(|ck| ck.check(job, ads).map(|()| ck));
         match ck {
-            Ok(ck) if ck.state.opt_step == step => return Some(ck),
+            Ok(ck) if ck.state.opt_step == step => {
+                progress.resumed(step);
+                return Some(ck);
+            }
             Ok(ck) => progress
                 .warning(format!("checkpoint for step {step} holds step {}; not resuming from it", ck.state.opt_step)),
             Err(e) => progress.warning(format!("checkpoint at step {step} not usable ({e}); trying an older one")),

@@ -124,6 +124,16 @@ pub fn train_loop_from(
     let mut accum = GradAccum::new(&vars)?;
     let mut group_losses: Vec<f64> = Vec::with_capacity(t.grad_accum);
     let (mut opt_step, mut tokens, mut diverged) = (0u64, 0u64, false);
+    let mut diverged_at = None;
+    // The first loss over the threshold, with the step it was seen at.
+    let mut watch = |loss: f64, step: u64, diverged: &mut bool| {
+        if diverges(loss, t.divergence_threshold) {
+            if !*diverged {
+                diverged_at = Some((step, loss));
+            }
+            *diverged = true;
+        }
+    };
     // (opt_step at which it ran, loss) of the latest eval.
     let mut last_eval: Option<(u64, f64)> = None;
     let mut global = 0u64;
@@ -154,7 +164,7 @@ pub fn train_loop_from(
             if (i as u64).is_multiple_of(t.eval_every) && !(i == 0 && epoch > 0 && fresh) {
                 let loss = eval(global, progress)?;
                 last_eval = Some((opt_step, loss));
-                diverged |= diverges(loss, t.divergence_threshold);
+                watch(loss, opt_step, &mut diverged);
             }
             if opt_step >= max_steps || (diverged && t.early_stop_on_divergence) {
                 break 'epochs;
@@ -188,7 +198,7 @@ pub fn train_loop_from(
                 group_losses.clear();
                 tracing::debug!(step = opt_step, loss = mean, lr, grad_norm = norm, "train");
                 progress.point(LossPoint { series: Series::Train, step: opt_step, loss: mean });
-                diverged |= diverges(mean, t.divergence_threshold);
+                watch(mean, opt_step, &mut diverged);
                 // Asked once per step: the answer may change between two reads.
                 let stop = progress.stop_requested();
                 let periodic = t.checkpoint_every > 0 && opt_step.is_multiple_of(t.checkpoint_every);
@@ -233,10 +243,11 @@ pub fn train_loop_from(
         Some((s, loss)) if s == opt_step => loss,
         _ => eval(global, progress)?,
     };
-    diverged |= diverges(final_eval_loss, t.divergence_threshold);
+    watch(final_eval_loss, opt_step, &mut diverged);
     Ok(TrainOutcome {
         final_eval_loss: Some(final_eval_loss),
         diverged,
+        diverged_at,
         tokens,
         seconds: start.elapsed().as_secs_f64(),
     })

@@ -97,8 +97,13 @@ impl Trainer for SyntheticTrainer {
         let curve = Curve::new(job, steps);
         // A Cell so the loop can read it while `note` holds on to it.
         let diverged = Cell::new(false);
+        let diverged_at = Cell::new(None);
+        let opt_step = Cell::new(0u64);
         let note = |progress: &mut dyn Progress, point: LossPoint| {
             if !point.loss.is_finite() || point.loss > train.divergence_threshold {
+                if !diverged.get() {
+                    diverged_at.set(Some((opt_step.get(), point.loss)));
+                }
                 diverged.set(true);
             }
             progress.point(point);
@@ -119,6 +124,7 @@ impl Trainer for SyntheticTrainer {
                 thread::sleep(self.step_time);
             }
             progress.tokens(tokens_per_step);
+            opt_step.set(step);
             let u = step as f64 / steps as f64;
             note(progress, LossPoint { series: Series::Train, step, loss: curve.train(u, step) });
             // Evals run at micro-batch multiples of eval_every that fall inside this step's group.
@@ -146,6 +152,7 @@ impl Trainer for SyntheticTrainer {
         Ok(TrainOutcome {
             final_eval_loss: last_eval,
             diverged: diverged.get(),
+            diverged_at: diverged_at.get(),
             tokens,
             seconds: started.elapsed().as_secs_f64(),
         })

@@ -15,6 +15,10 @@ pub struct TrainOutcome {
     pub final_eval_loss: Option<f64>,
     /// The run's loss became NaN/inf or passed the job's divergence threshold.
     pub diverged: bool,
+    /// Where it was first seen diverging: the optimizer step and the loss (train or eval) that
+    /// crossed the threshold. `None` when not diverged, or when the run resumed from a
+    /// checkpoint that was already diverged.
+    pub diverged_at: Option<(u64, f64)>,
     /// Training tokens processed.
     pub tokens: u64,
     /// Wall time of the run in seconds.
@@ -59,6 +63,11 @@ pub trait Progress {
     /// handed over after a run that ended without error. The default drops it.
     fn final_adapter(&mut self, bytes: Vec<u8>) {
         let _ = bytes;
+    }
+    /// The run resumed from the checkpoint of optimizer step `step` (after
+    /// [`Progress::resume_candidate`]). The default does nothing.
+    fn resumed(&mut self, step: u64) {
+        let _ = step;
     }
     /// Something the job's owner should see (e.g. a checkpoint that could not be used). The
     /// default logs it.

@@ -137,6 +137,26 @@ impl AttemptArtifacts {
             tracing::warn!(code = ?status.code(), error = %status.message(), "warning not recorded");
         }
     }
+
+    /// `ReportResumed`, retried like a warning; a failure only costs the event.
+    pub(crate) async fn resumed(&self, step: u64) {
+        tracing::info!(job_id = %self.job_id, attempt = self.attempt, step, "resumed from checkpoint");
+        let req = pb::ReportResumedRequest {
+            worker_id: self.worker_id.clone(),
+            job_id: self.job_id.clone(),
+            attempt: self.attempt,
+            step,
+        };
+        let sent = rpc::retry("ReportResumed", Patience::within(self.max_backoff, WARNING_PATIENCE), || {
+            let mut client = self.client.clone();
+            let req = req.clone();
+            async move { client.report_resumed(req).await }
+        })
+        .await;
+        if let Err(status) = sent {
+            tracing::warn!(code = ?status.code(), error = %status.message(), "resume not recorded");
+        }
+    }
 }
 
 /// Uploads what arrives on `rx` until the channel closes (the trainer finished). Returns false if
@@ -222,6 +242,11 @@ impl TrainerArtifacts {
     /// Records a warning in the job's events.
     pub(crate) fn warning(&self, message: String) {
         self.runtime.block_on(self.target.warn(message));
+    }
+
+    /// Records in the job's attempt and events that it resumed from the checkpoint at `step`.
+    pub(crate) fn resumed(&self, step: u64) {
+        self.runtime.block_on(self.target.resumed(step));
     }
 }
 

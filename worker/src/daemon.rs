@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use lorasweep_train::{CandleTrainer, Trainer, synthetic::SyntheticTrainer};
 
 use crate::{
+    logship::Shipper,
     Config, TrainerKind, WorkerError,
     artifacts::ArtifactsGrpc,
     connect::Authed,
@@ -112,7 +113,7 @@ pub async fn run_until(
             status.set_state(State::Stopping);
         });
     }
-    let mut trainer = make_trainer(&config)?;
+    let trainer = make_trainer(&config)?;
     let endpoint = config.remote.endpoint()?.timeout(CALL_TIMEOUT).connect_timeout(CONNECT_TIMEOUT);
     // Lazy: the channel (re)connects on use, so a coordinator restart needs nothing from us.
     let client = WorkersClient::new(config.remote.authed(endpoint.connect_lazy()));
@@ -125,6 +126,29 @@ pub async fn run_until(
     let Some(mut ctx) = register(&config, &client, &artifacts, &live, &stop).await else {
         return Ok(Stopped::Signalled { interrupted: false });
     };
+    // Job logs to the coordinator (if this process's subscriber has the logship layer).
+    let mut shipper = Shipper::start(&ctx.worker_id, client.clone());
+    let stopped = lease_loop(&config, &client, &artifacts, &live, &stop, &mut ctx, &mut shipper, trainer).await;
+    shipper.finish(LOG_FLUSH).await;
+    stopped
+}
+
+/// How long an exiting daemon waits for its last log records to be shipped.
+const LOG_FLUSH: Duration = Duration::from_secs(2);
+
+/// Leases and runs jobs until shutdown or `--exit-when-idle`.
+#[allow(clippy::too_many_arguments)]
+async fn lease_loop(
+    config: &Config,
+    client: &WorkersClient<Authed>,
+    artifacts: &ArtifactsGrpc,
+    live: &Arc<WorkerStatus>,
+    stop: &Shutdown,
+    ctx: &mut JobContext,
+    shipper: &mut Shipper,
+    mut trainer: Box<dyn Trainer>,
+) -> Result<Stopped, WorkerError> {
+    let shutdown = stop.soft.clone();
     let mut idle = Backoff::new(config.max_backoff);
     let mut interrupted = false;
     // Since when the coordinator has answered "no job" (unreachable time does not count).
@@ -140,7 +164,7 @@ pub async fn run_until(
                     live.contact();
                     idle.reset();
                     idle_since = None;
-                    let (next, finished) = job::run_job(&ctx, lease, trainer).await;
+                    let (next, finished) = job::run_job(ctx, lease, trainer).await;
                     interrupted |= !finished;
                     trainer = match next {
                         Some(t) => t,
@@ -163,8 +187,11 @@ pub async fn run_until(
             Err(status) if status.code() == tonic::Code::NotFound => {
                 // The coordinator forgot us (a fresh database): register again.
                 tracing::warn!(error = %status.message(), "coordinator does not know this worker; registering again");
-                match register(&config, &client, &artifacts, &live, &stop).await {
-                    Some(c) => ctx = c,
+                match register(config, client, artifacts, live, stop).await {
+                    Some(c) => {
+                        *ctx = c;
+                        std::mem::replace(shipper, Shipper::start(&ctx.worker_id, client.clone())).finish(LOG_FLUSH).await;
+                    }
                     None => break,
                 }
                 continue;

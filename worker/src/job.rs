@@ -82,6 +82,10 @@ impl Progress for ChannelProgress {
     fn warning(&mut self, message: String) {
         self.artifacts.warning(message);
     }
+
+    fn resumed(&mut self, step: u64) {
+        self.artifacts.resumed(step);
+    }
 }
 
 /// What one attempt needs from the daemon.
@@ -106,7 +110,8 @@ pub(crate) struct JobContext {
 /// Runs `lease` to the end and reports the result. Returns the trainer for the next job (`None`
 /// if it panicked: the daemon then builds a fresh one), and whether the attempt ended — false
 /// when a shutdown stopped it before it finished, so its work is still to do.
-#[tracing::instrument(skip_all, fields(job_id = %lease.job_id, attempt = lease.attempt))]
+// The span's fields name the attempt for log shipping (crate::logship reads them).
+#[tracing::instrument(skip_all, fields(job_id = %lease.job_id, attempt = lease.attempt, worker_id = %ctx.worker_id))]
 pub(crate) async fn run_job(
     ctx: &JobContext,
     lease: pb::Lease,
@@ -235,6 +240,8 @@ async fn finish(ctx: &JobContext, lease: &pb::Lease, result: Result<TrainOutcome
                 final_eval_loss: outcome.final_eval_loss,
                 tokens: outcome.tokens,
                 seconds: outcome.seconds,
+                diverged_step: outcome.diverged_at.map(|(step, _)| step),
+                diverged_loss: outcome.diverged_at.map(|(_, loss)| loss),
             };
             let sent = rpc::retry("CompleteJob", finish_patience(ctx), || {
                 let mut client = ctx.client.clone();

@@ -14,6 +14,8 @@
 //! - `report`: the bounded point channel → client-streaming `ReportPoints` shipper.
 //! - [`artifacts`]: checkpoint and adapter transfer to and from the coordinator's artifact
 //!   store; [`artifacts::download_verified`] and [`ArtifactTransfer`] serve the CLI too.
+//! - [`logship`]: the tracing layer and shipper that send job-scoped log records to the
+//!   coordinator without ever blocking training.
 //! - `rpc`: error classes, retry budgets and backoff for coordinator calls.
 //! - `status`: what the worker is doing now (state, attempt, step, counters), for `metrics`.
 //! - `metrics`: the `--metrics-listen` endpoint, Prometheus `/metrics` and `/healthz`.
@@ -26,6 +28,7 @@ mod control;
 pub mod daemon;
 pub mod error;
 mod job;
+pub mod logship;
 mod metrics;
 mod report;
 mod rpc;

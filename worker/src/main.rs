@@ -36,9 +36,12 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(cli: WorkerCli) -> anyhow::Result<daemon::Stopped> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_ansi(std::io::stderr().is_terminal())
+    use tracing_subscriber::{Layer, filter::LevelFilter, layer::SubscriberExt, util::SubscriberInitExt};
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_filter(filter))
+        // Job-scoped records go to the coordinator whatever RUST_LOG says for stderr.
+        .with(lorasweep_worker::logship::layer().with_filter(LevelFilter::INFO))
         .init();
     let config = Config::new(&cli.coordinator, cli.args)?.with_connect(&cli.connect)?;
     let (soft, hard) = (CancellationToken::new(), CancellationToken::new());

@@ -40,6 +40,10 @@ struct Script {
     points: Vec<pb::Point>,
     completed: Vec<pb::CompleteJobRequest>,
     failed: Vec<pb::FailJobRequest>,
+    /// ShipLogs calls received.
+    shipped: Vec<pb::ShipLogsRequest>,
+    /// Answer every ShipLogs with UNAVAILABLE (a coordinator that cannot take logs).
+    refuse_logs: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -57,8 +61,12 @@ impl Workers for Fake {
         &self,
         _: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        // Unique per registration: the log layer routes records by worker id, and the tests of
+        // this binary run daemons side by side in one process.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Response::new(pb::RegisterWorkerResponse {
-            worker_id: "w1".into(),
+            worker_id: format!("w{n}"),
             lease_ttl_ms: 3000,
             heartbeat_interval_ms: 30,
         }))
@@ -129,6 +137,29 @@ impl Workers for Fake {
         self.with(|s| s.failed.push(req.into_inner()));
         Ok(Response::new(pb::FailJobResponse { state: pb::JobState::Queued as i32 }))
     }
+
+    async fn ship_logs(&self, req: Request<pb::ShipLogsRequest>) -> Result<Response<pb::ShipLogsResponse>, Status> {
+        self.with(|s| {
+            if s.refuse_logs {
+                return Err(Status::unavailable("log store offline"));
+            }
+            let req = req.into_inner();
+            let stored = req.records.len() as u32;
+            s.shipped.push(req);
+            Ok(Response::new(pb::ShipLogsResponse { stored, capped: false }))
+        })
+    }
+}
+
+/// This test binary's subscriber carries the log-shipping layer, as the worker binary's does.
+fn install_log_layer() {
+    use tracing_subscriber::{Layer, filter::LevelFilter, layer::SubscriberExt, util::SubscriberInitExt};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::registry()
+            .with(lorasweep_worker::logship::layer().with_filter(LevelFilter::INFO))
+            .try_init();
+    });
 }
 
 /// A lease of a synthetic job with `steps` optimizer steps.
@@ -404,5 +435,53 @@ async fn unusable_trainer_device_is_a_clear_startup_error() -> anyhow::Result<()
     let err = tokio::time::timeout(Duration::from_secs(10), run).await?.unwrap_err();
     assert!(matches!(err, WorkerError::TrainerUnavailable(_)), "{err}");
     assert!(err.to_string().contains("cuda:0"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn job_logs_are_shipped_per_attempt() -> anyhow::Result<()> {
+    install_log_layer();
+    let fake = Fake::default();
+    fake.with(|s| s.leases.push_back(lease("logged", 5)));
+    let (stop, worker) = start(&fake, 2).await?;
+    await_script(&fake, "completion", |s| !s.completed.is_empty()).await?;
+    // The shipper flushes twice a second; the daemon's exit flushes the rest.
+    stop.cancel();
+    worker.await??;
+    fake.with(|s| {
+        let records: Vec<&pb::LogRecord> = s.shipped.iter().flat_map(|r| &r.records).collect();
+        assert!(s.shipped.iter().all(|r| r.job_id == "logged" && r.attempt == 1), "{:?}", s.shipped);
+        assert!(
+            records.iter().any(|r| r.level == "INFO" && r.message.contains("leased job") && r.message.contains("lr=0.001")),
+            "the job's INFO records, fields included: {records:?}"
+        );
+        assert!(records.iter().any(|r| r.message.contains("job finished")), "{records:?}");
+        assert!(records.iter().all(|r| r.attempt == 1 && r.at_ms > 0 && !r.target.is_empty()));
+        assert!(
+            records.iter().all(|r| !r.message.contains("registered with the coordinator")),
+            "records outside a job's span stay local"
+        );
+    });
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_coordinator_that_refuses_logs_does_not_stop_training() -> anyhow::Result<()> {
+    install_log_layer();
+    let fake = Fake::default();
+    fake.with(|s| {
+        s.refuse_logs = true;
+        s.leases.push_back(lease("a", 20));
+        s.leases.push_back(lease("b", 20));
+    });
+    let (stop, worker) = start(&fake, 2).await?;
+    await_script(&fake, "both completions", |s| s.completed.len() == 2).await?;
+    stop.cancel();
+    worker.await??;
+    fake.with(|s| {
+        assert!(s.shipped.is_empty());
+        let train = s.points.iter().filter(|p| p.series == pb::Series::Train as i32).count();
+        assert_eq!(train, 40, "every step of both jobs was trained and reported");
+    });
     Ok(())
 }

@@ -109,7 +109,7 @@ async fn workers_and_the_coordinator_killed_mid_sweep_lose_and_change_nothing() 
             let (mut s, sweep, live, url) = (sweeps.clone(), sweep.clone(), live.clone(), url.clone());
             async move {
                 let names: HashMap<String, String> = s
-                    .list_workers(pb::ListWorkersRequest {})
+                    .list_workers(pb::ListWorkersRequest::default())
                     .await?
                     .into_inner()
                     .workers
@@ -152,7 +152,7 @@ async fn workers_and_the_coordinator_killed_mid_sweep_lose_and_change_nothing() 
     let mut resumed = 0;
     for job in &jobs {
         assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
-        let curve = sweeps.get_curve(pb::GetCurveRequest { job_id: job.id.clone() }).await?.into_inner();
+        let curve = helpers::read_curve(&mut sweeps, &job.id.clone()).await?;
         let mut got: Curve = curve
             .train_steps
             .iter()

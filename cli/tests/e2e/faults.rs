@@ -90,7 +90,7 @@ async fn killed_worker_job_is_requeued_after_ttl_and_finished_elsewhere() -> any
         .expect_err("a stale attempt's heartbeat is rejected");
     assert_eq!(hb.code(), Code::FailedPrecondition);
 
-    let curve = sweeps.get_curve(pb::GetCurveRequest { job_id: job.id.clone() }).await?.into_inner();
+    let curve = helpers::read_curve(&mut sweeps, &job.id.clone()).await?;
     assert_eq!(curve.train_steps, (1..=20).collect::<Vec<_>>());
     assert!(curve.train_losses.iter().all(|l| *l < 10.0), "the rejected 99.0 was not stored");
     assert_eq!(curve.eval_steps, expected_eval_steps(20));
@@ -121,7 +121,7 @@ async fn sigterm_releases_the_lease_without_using_an_attempt() -> anyhow::Result
     assert_eq!(job.state, pb::JobState::Queued as i32, "released back to the queue: {job:?}");
     assert_eq!(job.failures, 0, "a release does not count as a failure");
     // Points reported before the release are kept.
-    let curve = sweeps.get_curve(pb::GetCurveRequest { job_id: job.id.clone() }).await?.into_inner();
+    let curve = helpers::read_curve(&mut sweeps, &job.id.clone()).await?;
     assert!(curve.train_steps.len() >= 3, "{curve:?}");
     coordinator.stop().await
 }
@@ -171,7 +171,7 @@ async fn coordinator_kill_and_restart_mid_sweep_loses_nothing() -> anyhow::Resul
     for job in &jobs {
         let ok = [pb::JobState::Succeeded as i32, pb::JobState::Diverged as i32];
         assert!(ok.contains(&job.state), "{job:?}");
-        let curve = sweeps.get_curve(pb::GetCurveRequest { job_id: job.id.clone() }).await?.into_inner();
+        let curve = helpers::read_curve(&mut sweeps, &job.id.clone()).await?;
         assert_eq!(curve.train_steps, (1..=30).collect::<Vec<_>>(), "each train step once: {}", job.id);
         assert_eq!(curve.eval_steps, expected_eval_steps(30), "each eval once: {}", job.id);
         assert_eq!(job.final_eval_loss, curve.eval_losses.last().copied());
@@ -203,7 +203,7 @@ async fn worker_registers_again_with_a_coordinator_that_lost_its_database() -> a
     await_condition("the worker to register", Duration::from_secs(10), || {
         let mut s = sweeps.clone();
         async move {
-            let w = s.list_workers(pb::ListWorkersRequest {}).await?.into_inner().workers;
+            let w = s.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
             Ok((!w.is_empty()).then_some(()))
         }
     })
@@ -222,7 +222,7 @@ async fn worker_registers_again_with_a_coordinator_that_lost_its_database() -> a
     let sweep = helpers::submit(&mut sweeps, &one_job(3)).await?;
     let jobs = await_sweep_done(&sweeps, &sweep, Duration::from_secs(20)).await?;
     assert_eq!(jobs[0].state, pb::JobState::Succeeded as i32);
-    let workers = sweeps.list_workers(pb::ListWorkersRequest {}).await?.into_inner().workers;
+    let workers = sweeps.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
     assert_eq!(workers.len(), 1);
     assert_eq!((workers[0].name.as_str(), workers[0].id.as_str()), ("survivor", jobs[0].worker.as_str()));
     worker.stop().await?;

@@ -9,6 +9,7 @@ mod demo;
 mod faults;
 mod grid;
 mod helpers;
+mod observe;
 mod output;
 mod resume;
 mod steer;

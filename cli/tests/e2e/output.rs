@@ -100,7 +100,7 @@ async fn bad_sweep_file_is_refused_naming_file_and_key_and_nothing_is_stored() -
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nope.toml"));
 
     let (mut sweeps, _) = clients(&url).await?;
-    let listed = sweeps.list_sweeps(pb::ListSweepsRequest {}).await?.into_inner().sweeps;
+    let listed = sweeps.list_sweeps(pb::ListSweepsRequest::default()).await?.into_inner().sweeps;
     assert!(listed.is_empty(), "nothing stored: {listed:?}");
     coordinator.stop().await
 }

@@ -87,7 +87,8 @@ async fn a_killed_candle_worker_resumes_from_its_checkpoint_bit_for_bit() -> any
     assert!(!log1.contains("resuming from checkpoint"), "{log1}");
     // Corrupt the newest checkpoint on the coordinator's disk: the next attempt must notice (sha256),
     // warn, and resume from an older one.
-    let newest = list(pb::ArtifactKind::Checkpoint).await?[0].step;
+    let stored_then = list(pb::ArtifactKind::Checkpoint).await?;
+    let (newest, older) = (stored_then[0].step, stored_then[1].step);
     let job_dir = dir.path().join("artifacts").join(&job_id);
     let prefix = format!("checkpoint-{newest:012}-");
     let file = std::fs::read_dir(&job_dir)?
@@ -111,11 +112,45 @@ async fn a_killed_candle_worker_resumes_from_its_checkpoint_bit_for_bit() -> any
     assert!(log2.contains("resuming from checkpoint"), "{log2}");
     assert!(log2.contains(&format!("checkpoint at step {newest} not usable (sha256 mismatch")), "{log2}");
 
+    // The story as `lorasweep events` tells it: lost heartbeat, requeue, the corrupt checkpoint
+    // skipped, resumed from the older one, succeeded.
+    let text = helpers::cli_ok(&coordinator.url, &["events", &job_id, "--json"]).await?;
+    let events: Vec<serde_json::Value> = text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let kinds: Vec<(&str, u64)> =
+        events.iter().map(|e| (e["kind"].as_str().unwrap_or(""), e["attempt"].as_u64().unwrap_or(0))).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("leased", 1),
+            ("heartbeat-lost", 1),
+            ("requeued", 1),
+            ("leased", 2),
+            ("warning", 2),
+            ("resumed", 2),
+            ("succeeded", 2)
+        ],
+        "{text}"
+    );
+    assert_eq!(events[0]["worker_name"], "doomed");
+    assert_eq!(events[3]["worker_name"], "rescuer");
+    assert_eq!(events[5]["detail"], format!("resumed from the checkpoint at step {older}"));
+    let human = helpers::cli_ok(&coordinator.url, &["events", &job_id]).await?;
+    assert!(human.contains("heartbeat-lost") && human.contains("on rescuer"), "{human}");
+    // `lorasweep job` shows both attempts; the resumed one names its checkpoint.
+    let detail: serde_json::Value =
+        serde_json::from_str(&helpers::cli_ok(&coordinator.url, &["job", &job_id, "--json"]).await?)?;
+    let attempts = detail["attempts"].as_array().expect("attempts");
+    assert_eq!((attempts[0]["outcome"].as_str(), attempts[1]["outcome"].as_str()), (Some("lost"), Some("succeeded")));
+    assert_eq!(attempts[1]["resumed_from_step"].as_u64(), Some(older));
+    // Both workers shipped their job's log records; the killed one's up to its last flush.
+    let logs = helpers::cli_ok(&coordinator.url, &["logs", &job_id, "--attempt", "2"]).await?;
+    assert!(logs.contains("[attempt 2]") && logs.contains("resuming from checkpoint"), "{logs}");
+
     let reference = reference.await??;
     // Final eval loss and the whole stored curve equal the fault-free run's, bit for bit.
     let want_final = reference.points.iter().rev().find(|p| p.series == Series::Eval).map(|p| p.loss.to_bits());
     assert_eq!(job.final_eval_loss.map(f64::to_bits), want_final);
-    let curve = sweeps.get_curve(pb::GetCurveRequest { job_id: job.id.clone() }).await?.into_inner();
+    let curve = helpers::read_curve(&mut sweeps, &job.id.clone()).await?;
     let series = |s: Series| -> Vec<(u64, u64)> {
         reference.points.iter().filter(|p| p.series == s).map(|p| (p.step, p.loss.to_bits())).collect()
     };

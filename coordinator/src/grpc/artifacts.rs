@@ -282,4 +282,20 @@ impl Artifacts for ArtifactsService {
         self.store.job_warning(worker_id, job_id, attempt, req.message).await?;
         Ok(Response::new(pb::ReportJobWarningResponse {}))
     }
+
+    #[tracing::instrument(skip_all, fields(job_id = %request.get_ref().job_id, attempt = request.get_ref().attempt, step = request.get_ref().step), err)]
+    async fn report_resumed(
+        &self,
+        request: Request<pb::ReportResumedRequest>,
+    ) -> std::result::Result<Response<pb::ReportResumedResponse>, Status> {
+        let req = request.into_inner();
+        let worker_id = require_id(&req.worker_id, "worker_id")?;
+        let job_id = require_id(&req.job_id, "job_id")?;
+        let attempt = require_attempt(req.attempt)?;
+        if req.step > i64::MAX as u64 {
+            return Err(Status::invalid_argument("step too large; allowed: ≤ i64::MAX"));
+        }
+        self.store.resumed(worker_id, job_id, attempt, req.step).await?;
+        Ok(Response::new(pb::ReportResumedResponse {}))
+    }
 }

@@ -5,8 +5,12 @@
 //! - [`sweeps`]: the `Sweeps` service (people and tools).
 //! - [`workers`]: the `Workers` service (worker daemons).
 //! - [`artifacts`]: the `Artifacts` service (checkpoints and adapters as files).
+//! - [`observe`]: jobs whole, events and logs, and the follow streams (for `sweeps`).
+//! - [`paging`]: page sizes, tokens and the byte budget of every answer that grows.
 
 pub(crate) mod artifacts;
+pub(crate) mod observe;
+pub(crate) mod paging;
 pub(crate) mod sweeps;
 pub(crate) mod workers;
 
@@ -86,6 +90,7 @@ pub(crate) fn job_to_pb(row: JobRow) -> pb::Job {
         seconds: row.seconds,
         failures: row.failures as u32,
         leased_at_ms: row.leased_at,
+        error_kind: row.error_kind,
     }
 }
 
@@ -105,5 +110,8 @@ pub(crate) fn sweep_to_pb(summary: SweepSummary) -> pb::Sweep {
         sweep_toml: summary.sweep.sweep_toml,
         priority: summary.sweep.priority,
         unschedulable: summary.unschedulable.unwrap_or_default(),
+        paused: summary.sweep.pause_reason,
+        paused_at_ms: summary.sweep.paused_at,
+        fail_fast: u32::try_from(summary.sweep.fail_fast).unwrap_or(0),
     }
 }

@@ -11,9 +11,9 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{require_attempt, require_id};
 use crate::{
     error::{Error, Result},
-    limits::MAX_ERROR_LEN,
+    limits::{MAX_ERROR_LEN, MAX_LOG_MESSAGE_LEN, MAX_LOG_RECORDS_PER_CALL},
     metrics::Metrics,
-    store::{Store, jobs::Outcome, workers::NewWorker},
+    store::{Store, jobs::Outcome, logs::NewRecord, workers::NewWorker},
 };
 
 /// Point messages of one stream that may be waiting on the writer at once. Pipelining lets a
@@ -237,7 +237,22 @@ impl Workers for WorkersService {
         if req.tokens > i64::MAX as u64 {
             return Err(Status::invalid_argument("tokens too large; allowed: ≤ i64::MAX"));
         }
-        let outcome = Outcome { state, final_eval_loss: req.final_eval_loss, tokens: req.tokens, seconds: req.seconds };
+        let diverged_at = match (state, req.diverged_step) {
+            (JobState::Diverged, Some(step)) if step <= i64::MAX as u64 => Some((step, req.diverged_loss)),
+            (JobState::Diverged, Some(_)) => return Err(Status::invalid_argument("diverged_step too large; allowed: ≤ i64::MAX")),
+            (JobState::Diverged, None) => None,
+            (_, Some(_)) => {
+                return Err(Status::invalid_argument("diverged_step is only valid with state JOB_STATE_DIVERGED"));
+            }
+            (_, None) => None,
+        };
+        let outcome = Outcome {
+            state,
+            final_eval_loss: req.final_eval_loss,
+            tokens: req.tokens,
+            seconds: req.seconds,
+            diverged_at,
+        };
         self.store.complete(worker_id, job_id, attempt, outcome).await?;
         Ok(Response::new(pb::CompleteJobResponse {}))
     }
@@ -262,6 +277,43 @@ impl Workers for WorkersService {
         };
         let state = self.store.fail(worker_id, job_id, attempt, error, req.retryable, req.released).await?;
         Ok(Response::new(pb::FailJobResponse { state: state.to_wire() }))
+    }
+
+    async fn ship_logs(&self, request: Request<pb::ShipLogsRequest>) -> Result<Response<pb::ShipLogsResponse>, Status> {
+        let req = request.into_inner();
+        let worker_id = require_id(&req.worker_id, "worker_id")?;
+        let job_id = require_id(&req.job_id, "job_id")?;
+        let attempt = require_attempt(req.attempt)?;
+        if req.records.len() > MAX_LOG_RECORDS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "{} records in one ShipLogs; allowed: at most {MAX_LOG_RECORDS_PER_CALL}",
+                req.records.len()
+            )));
+        }
+        let records = req
+            .records
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                if !matches!(r.level.as_str(), "ERROR" | "WARN" | "INFO") {
+                    return Err(Error::InvalidArgument(format!(
+                        "record {i}: level {:?} is not shipped; allowed: ERROR, WARN, INFO",
+                        r.level
+                    )));
+                }
+                if r.message.len() > MAX_LOG_MESSAGE_LEN || r.target.len() > MAX_LABEL_LEN {
+                    return Err(Error::InvalidArgument(format!(
+                        "record {i}: message of {} bytes or target of {} bytes; allowed: at most {MAX_LOG_MESSAGE_LEN} \
+                         and {MAX_LABEL_LEN}",
+                        r.message.len(),
+                        r.target.len()
+                    )));
+                }
+                Ok(NewRecord { at: r.at_ms, level: r.level, target: r.target, message: r.message })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let shipped = self.store.ship_logs(worker_id, job_id, attempt, records, req.dropped).await?;
+        Ok(Response::new(pb::ShipLogsResponse { stored: shipped.stored, capped: shipped.capped }))
     }
 }
 

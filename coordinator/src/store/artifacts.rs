@@ -155,8 +155,8 @@ impl Store {
             .write(move |conn| {
                 Box::pin(async move {
                     let (job, _) = check_lease(conn, now, &job_id, attempt, Some(&worker_id), false).await?;
-                    let detail = format!("attempt {attempt} (worker {worker_id}): {message}");
-                    event(conn, now, &job.sweep_id, Some(&job_id), "warning", &detail).await
+                    let at = (job_id.as_str(), i64::from(attempt), worker_id.as_str());
+                    event(conn, now, &job.sweep_id, Some(at), "warning", &message).await
                 })
             })
             .await

@@ -6,18 +6,21 @@ use lorasweep_common::JobState;
 use sqlx::{FromRow, SqliteConnection};
 use tracing::{info, warn};
 
-use super::{Store, event, state_of};
+use super::{Store, end_attempt, event, state_of};
 use crate::error::{Error, Result};
 
 /// Columns of [`JobRow`], in its order.
-const JOB_COLUMNS: &str = "id, sweep_id, init, lr, seed, state, attempt, failures, worker_id, lease_expires_at, leased_at, \
-     step, total_steps, last_train_loss, final_eval_loss, tokens, seconds, error, updated_at";
+pub(crate) const JOB_COLUMNS: &str = "id, sweep_id, ord, init, lr, seed, state, attempt, failures, worker_id, \
+     lease_expires_at, leased_at, step, total_steps, last_train_loss, final_eval_loss, tokens, seconds, error, \
+     error_kind, updated_at";
 
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq, FromRow)]
 pub(crate) struct JobRow {
     pub(crate) id: String,
     pub(crate) sweep_id: String,
+    /// Position in the sweep's grid (the ListJobs page key).
+    pub(crate) ord: i64,
     pub(crate) init: String,
     pub(crate) lr: f64,
     pub(crate) seed: i64,
@@ -34,6 +37,7 @@ pub(crate) struct JobRow {
     pub(crate) tokens: i64,
     pub(crate) seconds: f64,
     pub(crate) error: String,
+    pub(crate) error_kind: String,
     pub(crate) updated_at: i64,
 }
 
@@ -67,6 +71,8 @@ pub(crate) struct Outcome {
     pub(crate) tokens: u64,
     /// Wall seconds of the run.
     pub(crate) seconds: f64,
+    /// Diverged: the step and train loss at which the run stopped.
+    pub(crate) diverged_at: Option<(u64, Option<f64>)>,
 }
 
 /// The lease-relevant columns of a job.
@@ -79,7 +85,6 @@ pub(crate) struct LeaseState {
     pub(crate) failures: i64,
     pub(crate) worker_id: Option<String>,
     pub(crate) lease_expires_at: i64,
-    pub(crate) leased_at: i64,
 }
 
 /// Checks that `(job_id, attempt)` is the job's current attempt, held by `worker` (if given),
@@ -94,7 +99,7 @@ pub(crate) async fn check_lease(
     allow_cancelled: bool,
 ) -> Result<(LeaseState, JobState)> {
     let job: LeaseState = sqlx::query_as(
-        "SELECT pk, sweep_id, state, attempt, failures, worker_id, lease_expires_at, leased_at FROM jobs WHERE id = ?1",
+        "SELECT pk, sweep_id, state, attempt, failures, worker_id, lease_expires_at FROM jobs WHERE id = ?1",
     )
     .bind(job_id)
     .fetch_optional(&mut *conn)
@@ -134,16 +139,26 @@ pub(crate) fn unknown_job(job_id: &str) -> Error {
 }
 
 impl Store {
-    /// A sweep's jobs in grid order, optionally only those in `state`.
+    /// A sweep's jobs in grid order, optionally only those in `state`, at most `limit` of them
+    /// after grid position `after` (a page).
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown sweep.
-    pub(crate) async fn list_jobs(&self, sweep_id: &str, state: Option<JobState>) -> Result<Vec<JobRow>> {
+    pub(crate) async fn list_jobs(
+        &self,
+        sweep_id: &str,
+        state: Option<JobState>,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<JobRow>> {
         let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE sweep_id = ?1 AND (?2 IS NULL OR state = ?2) ORDER BY ord"
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE sweep_id = ?1 AND (?2 IS NULL OR state = ?2) AND ord > ?3 \
+             ORDER BY ord LIMIT ?4"
         )))
         .bind(sweep_id)
         .bind(state.map(|s| s.name()))
+        .bind(after.unwrap_or(-1))
+        .bind(i64::from(limit))
         .fetch_all(&self.reads)
         .await?;
         if rows.is_empty() {
@@ -195,7 +210,8 @@ impl Store {
                                s.lease_seq AS lease_seq, \
                                (SELECT MIN(q.pk) FROM jobs q WHERE q.sweep_id = s.id AND q.state = 'queued') AS first \
                              FROM sweeps s JOIN workers w ON w.id = ?1 \
-                             WHERE EXISTS (SELECT 1 FROM jobs q WHERE q.sweep_id = s.id AND q.state = 'queued') \
+                             WHERE s.paused_at = 0 \
+                               AND EXISTS (SELECT 1 FROM jobs q WHERE q.sweep_id = s.id AND q.state = 'queued') \
                                AND (s.need_device = '' OR (s.need_device = 'cuda' AND w.device LIKE 'cuda%') \
                                     OR s.need_device = w.device) \
                                AND w.gpu_memory_bytes >= s.min_gpu_memory_bytes \
@@ -258,18 +274,25 @@ impl Store {
         attempt: u32,
         outcome: Outcome,
     ) -> Result<()> {
-        let Outcome { state, final_eval_loss, tokens, seconds } = outcome;
+        let Outcome { state, final_eval_loss, tokens, seconds, diverged_at } = outcome;
         let now = self.now();
+        let (error, error_kind) = match (state, diverged_at) {
+            (JobState::Diverged, Some((step, loss))) => {
+                (format!("diverged at step {step}: train loss {}", loss.map_or("NaN".into(), |l| format!("{l}"))), "diverged")
+            }
+            (JobState::Diverged, None) => ("diverged".to_string(), "diverged"),
+            _ => (String::new(), ""),
+        };
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
                     // Check and write in one statement on the hot path; when it matches nothing,
                     // check_lease explains why (and has written nothing either way).
-                    let done: Option<(String, i64)> = sqlx::query_as(
+                    let done: Option<(i64, String)> = sqlx::query_as(
                         "UPDATE jobs SET state = ?4, final_eval_loss = ?5, tokens = ?6, seconds = ?7, \
-                         lease_expires_at = 0, error = '', updated_at = ?8 \
+                         lease_expires_at = 0, error = ?9, error_kind = ?10, updated_at = ?8 \
                          WHERE id = ?1 AND attempt = ?2 AND worker_id = ?3 AND state = 'running' AND lease_expires_at > ?8 \
-                         RETURNING sweep_id, leased_at",
+                         RETURNING pk, sweep_id",
                     )
                     .bind(&job_id)
                     .bind(i64::from(attempt))
@@ -279,16 +302,24 @@ impl Store {
                     .bind(tokens as i64)
                     .bind(seconds)
                     .bind(now)
+                    .bind(&error)
+                    .bind(error_kind)
                     .fetch_optional(&mut *conn)
                     .await?;
-                    let Some((sweep_id, leased_at)) = done else {
+                    let Some((pk, sweep_id)) = done else {
                         check_lease(conn, now, &job_id, attempt, Some(&worker_id), false).await?;
                         return Err(Error::Corrupt(format!("job {job_id} passed the lease check but could not complete")));
                     };
-                    let detail = format!(
-                        "attempt {attempt} (worker {worker_id}, leased at {leased_at}): {state}, final eval loss {final_eval_loss:?}"
-                    );
-                    event(conn, now, &sweep_id, Some(&job_id), "completed", &detail).await?;
+                    let a = i64::from(attempt);
+                    end_attempt(conn, pk, a, now, state.name(), &error, "").await?;
+                    let loss = final_eval_loss.map_or("none (no eval ran)".into(), |l| format!("{l:.6}"));
+                    let detail = if error.is_empty() {
+                        format!("final eval loss {loss}")
+                    } else {
+                        format!("{error}; final eval loss {loss}")
+                    };
+                    let kind = if state == JobState::Diverged { "diverged" } else { "succeeded" };
+                    event(conn, now, &sweep_id, Some((&job_id, a, &worker_id)), kind, &detail).await?;
                     info!(job_id, attempt, %state, "job finished");
                     Ok(())
                 })
@@ -297,8 +328,9 @@ impl Store {
     }
 
     /// Ends a live attempt with an error. `released`: requeued without using an attempt;
-    /// otherwise requeued while attempts remain and the error is retryable, else failed.
-    /// Returns the job's new state.
+    /// otherwise requeued while attempts remain and the error is retryable, else failed (and a
+    /// non-retryable failure may pause the sweep: [`super::failfast`]). Returns the job's new
+    /// state.
     pub(crate) async fn fail(
         &self,
         worker_id: String,
@@ -315,28 +347,42 @@ impl Store {
                 Box::pin(async move {
                     let (job, _) = check_lease(conn, now, &job_id, attempt, Some(&worker_id), false).await?;
                     let failures = job.failures;
-                    let (state, failures, kind) = if released {
-                        (JobState::Queued, failures, "released")
+                    let (state, failures) = if released {
+                        (JobState::Queued, failures)
                     } else if retryable && failures + 1 < max_attempts {
-                        (JobState::Queued, failures + 1, "failed-attempt")
+                        (JobState::Queued, failures + 1)
                     } else {
-                        (JobState::Failed, failures + 1, "failed")
+                        (JobState::Failed, failures + 1)
                     };
+                    let error = if released && error.is_empty() { "released by its worker".to_string() } else { error };
+                    let kind = if retryable || released { "retryable" } else { "fatal" };
                     sqlx::query(
-                        "UPDATE jobs SET state = ?2, failures = ?3, error = ?4, lease_expires_at = 0, updated_at = ?5 WHERE pk = ?1",
+                        "UPDATE jobs SET state = ?2, failures = ?3, error = ?4, error_kind = ?5, lease_expires_at = 0, \
+                         updated_at = ?6 WHERE pk = ?1",
                     )
                     .bind(job.pk)
                     .bind(state.name())
                     .bind(failures)
-                    .bind(if released && error.is_empty() { "released by its worker" } else { error.as_str() })
+                    .bind(&error)
+                    .bind(kind)
                     .bind(now)
                     .execute(&mut *conn)
                     .await?;
-                    let detail = format!(
-                        "attempt {attempt} (worker {worker_id}, leased at {}, retryable {retryable}): {error}",
-                        job.leased_at
-                    );
-                    event(conn, now, &job.sweep_id, Some(&job_id), kind, &detail).await?;
+                    let a = i64::from(attempt);
+                    let at = Some((job_id.as_str(), a, worker_id.as_str()));
+                    if released {
+                        end_attempt(conn, job.pk, a, now, "released", &error, "").await?;
+                        event(conn, now, &job.sweep_id, at, "released", &error).await?;
+                    } else {
+                        end_attempt(conn, job.pk, a, now, "failed", &error, kind).await?;
+                        let detail = format!("{kind} error (failure {failures} of at most {max_attempts}): {error}");
+                        event(conn, now, &job.sweep_id, at, "failed", &detail).await?;
+                    }
+                    if state == JobState::Queued {
+                        event(conn, now, &job.sweep_id, at, "requeued", "queued for another attempt").await?;
+                    } else if kind == "fatal" {
+                        super::failfast::check(conn, now, &job.sweep_id, &error).await?;
+                    }
                     warn!(job_id, attempt, %state, released, error, "attempt ended with an error");
                     Ok(state)
                 })
@@ -349,26 +395,34 @@ impl Store {
     pub(crate) async fn reap(&self) -> Result<usize> {
         let now = self.now();
         let max_attempts = i64::from(self.max_attempts);
+        let ttl = self.lease_ttl_ms;
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
-                    let expired: Vec<(String, String, i64, String, String, i64)> = sqlx::query_as(
+                    let expired: Vec<(i64, String, String, i64, String, String, i64)> = sqlx::query_as(
                         "UPDATE jobs SET failures = failures + 1, \
                          state = CASE WHEN failures + 1 >= ?2 THEN 'failed' ELSE 'queued' END, \
-                         error = 'lease of attempt ' || attempt || ' expired (no heartbeat)', \
-                         lease_expires_at = 0, updated_at = ?1 \
+                         error = 'lease of attempt ' || attempt || ' expired: no heartbeat from its worker', \
+                         error_kind = 'lost', lease_expires_at = 0, updated_at = ?1 \
                          WHERE state = 'running' AND lease_expires_at <= ?1 \
-                         RETURNING id, sweep_id, attempt, state, coalesce(worker_id, ''), leased_at",
+                         RETURNING pk, id, sweep_id, attempt, state, coalesce(worker_id, ''), failures",
                     )
                     .bind(now)
                     .bind(max_attempts)
                     .fetch_all(&mut *conn)
                     .await?;
-                    for (job_id, sweep_id, attempt, state, worker, leased_at) in &expired {
+                    for (pk, job_id, sweep_id, attempt, state, worker, failures) in &expired {
                         warn!(job_id, attempt, state, worker, "lease expired");
-                        let detail =
-                            format!("attempt {attempt} (worker {worker}, leased at {leased_at}) expired; now {state}");
-                        event(conn, now, sweep_id, Some(job_id), "expired", &detail).await?;
+                        let error = format!("no heartbeat from its worker for the lease TTL ({ttl} ms)");
+                        end_attempt(conn, *pk, *attempt, now, "lost", &error, "").await?;
+                        let at = Some((job_id.as_str(), *attempt, worker.as_str()));
+                        event(conn, now, sweep_id, at, "heartbeat-lost", &error).await?;
+                        if state == "queued" {
+                            event(conn, now, sweep_id, at, "requeued", "queued for another attempt").await?;
+                        } else {
+                            let detail = format!("out of attempts ({failures} of at most {max_attempts}): {error}");
+                            event(conn, now, sweep_id, at, "failed", &detail).await?;
+                        }
                     }
                     Ok(expired.len())
                 })

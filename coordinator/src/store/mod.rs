@@ -10,9 +10,17 @@
 //! - [`points`]: loss points in, curves out.
 //! - [`workers`]: worker registration and listing.
 //! - [`artifacts`]: artifact rows (checkpoints, adapters; the files are `grpc::artifacts`').
+//! - [`attempts`]: one job whole, with every attempt.
+//! - [`events`]: the event log's read side.
+//! - [`logs`]: workers' job logs in (capped) and out.
+//! - [`failfast`]: pausing a sweep whose jobs all fail the same way, and resuming it.
 
 pub(crate) mod artifacts;
+pub(crate) mod attempts;
+pub(crate) mod events;
+pub(crate) mod failfast;
 pub(crate) mod jobs;
+pub(crate) mod logs;
 pub(crate) mod points;
 pub(crate) mod sweeps;
 pub(crate) mod workers;
@@ -147,22 +155,57 @@ fn state_of(name: &str) -> Result<JobState> {
     JobState::from_str(name).map_err(|_| Error::Corrupt(format!("unknown job state {name:?} in the database")))
 }
 
-/// Inserts one row of the event log.
+/// The attempt an event concerns: `(job id, attempt, worker id)`.
+pub(crate) type EventJob<'a> = (&'a str, i64, &'a str);
+
+/// Inserts one row of the event log; `job` is `None` for a sweep-level event.
 async fn event(
     conn: &mut SqliteConnection,
     at: i64,
     sweep_id: &str,
-    job_id: Option<&str>,
+    job: Option<EventJob<'_>>,
     kind: &str,
     detail: &str,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO events (at, sweep_id, job_id, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .bind(at)
-        .bind(sweep_id)
-        .bind(job_id)
-        .bind(kind)
-        .bind(detail)
-        .execute(conn)
-        .await?;
+    let (job_id, attempt, worker_id) = match job {
+        Some((j, a, w)) => (Some(j), a, w),
+        None => (None, 0, ""),
+    };
+    sqlx::query(
+        "INSERT INTO events (at, sweep_id, job_id, kind, detail, attempt, worker_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .bind(at)
+    .bind(sweep_id)
+    .bind(job_id)
+    .bind(kind)
+    .bind(detail)
+    .bind(attempt)
+    .bind(worker_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Closes an attempt's row: how it ended and why.
+async fn end_attempt(
+    conn: &mut SqliteConnection,
+    job_pk: i64,
+    attempt: i64,
+    at: i64,
+    outcome: &str,
+    error: &str,
+    error_kind: &str,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE attempts SET ended_at = ?3, outcome = ?4, error = ?5, error_kind = ?6          WHERE job_pk = ?1 AND attempt = ?2",
+    )
+    .bind(job_pk)
+    .bind(attempt)
+    .bind(at)
+    .bind(outcome)
+    .bind(error)
+    .bind(error_kind)
+    .execute(conn)
+    .await?;
     Ok(())
 }

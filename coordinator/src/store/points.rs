@@ -55,13 +55,11 @@ fn corrupt(job_id: &str, value: &str, e: impl std::fmt::Display) -> crate::Error
     crate::Error::Corrupt(format!("loss point {value:?} of job {job_id}: {e}"))
 }
 
-/// A job's curves, in step order.
+/// A piece of one series of a job's curve, in step order.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub(crate) struct Curve {
-    pub(crate) train_steps: Vec<u64>,
-    pub(crate) train_losses: Vec<f64>,
-    pub(crate) eval_steps: Vec<u64>,
-    pub(crate) eval_losses: Vec<f64>,
+pub(crate) struct CurvePiece {
+    pub(crate) steps: Vec<u64>,
+    pub(crate) losses: Vec<f64>,
 }
 
 impl Store {
@@ -97,40 +95,50 @@ impl Store {
             .await
     }
 
-    /// A job's curves.
+    /// The internal key of a job, for [`Store::curve_piece`].
     ///
     /// # Errors
     /// [`crate::Error::NotFound`] for an unknown job.
-    pub(crate) async fn curve(&self, job_id: &str) -> Result<Curve> {
-        let pk: i64 = sqlx::query_scalar("SELECT pk FROM jobs WHERE id = ?1")
+    pub(crate) async fn job_pk(&self, job_id: &str) -> Result<i64> {
+        sqlx::query_scalar("SELECT pk FROM jobs WHERE id = ?1")
             .bind(job_id)
             .fetch_optional(&self.reads)
             .await?
-            .ok_or_else(|| unknown_job(job_id))?;
-        // One row per series with the curve aggregated inside SQLite: decoding 100k rows one by
-        // one through sqlx costs ~1 µs each (several times that on a loaded machine), while two
-        // text rows of integers parse in a few ms. Losses travel as their exact bit patterns.
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT series, group_concat(step, ',' ORDER BY step), group_concat(bits, ',' ORDER BY step) \
-             FROM loss_points WHERE job_pk = ?1 GROUP BY series",
+            .ok_or_else(|| unknown_job(job_id))
+    }
+
+    /// At most `limit` points of one series of a job's curve with step > `after` (all steps
+    /// when `None`), in step order. `job_id` only names the job in errors.
+    pub(crate) async fn curve_piece(
+        &self,
+        job_pk: i64,
+        job_id: &str,
+        series: Series,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<CurvePiece> {
+        // The piece aggregated inside SQLite: decoding rows one by one through sqlx costs ~1 µs
+        // each (several times that on a loaded machine), while one text row of integers parses
+        // in a few ms. Losses travel as their exact bit patterns. The subquery (ORDER BY with
+        // LIMIT) is a range scan of the primary key.
+        let row: (Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT group_concat(step, ',' ORDER BY step), group_concat(bits, ',' ORDER BY step) FROM ( \
+               SELECT step, bits FROM loss_points WHERE job_pk = ?1 AND series = ?2 AND step > ?3 \
+               ORDER BY step LIMIT ?4)",
         )
-        .bind(pk)
-        .fetch_all(&self.reads)
+        .bind(job_pk)
+        .bind(series.name())
+        .bind(after.map_or(-1, |a| a as i64))
+        .bind(i64::from(limit))
+        .fetch_one(&self.reads)
         .await?;
-        let mut curve = Curve::default();
-        for (series, steps, losses) in rows {
-            let (step_out, loss_out) = if series == "train" {
-                (&mut curve.train_steps, &mut curve.train_losses)
-            } else {
-                (&mut curve.eval_steps, &mut curve.eval_losses)
-            };
-            *step_out =
-                steps.split(',').map(|s| s.parse::<u64>().map_err(|e| corrupt(job_id, s, e))).collect::<Result<_>>()?;
-            *loss_out = losses
+        let (Some(steps), Some(losses)) = row else { return Ok(CurvePiece::default()) };
+        Ok(CurvePiece {
+            steps: steps.split(',').map(|s| s.parse::<u64>().map_err(|e| corrupt(job_id, s, e))).collect::<Result<_>>()?,
+            losses: losses
                 .split(',')
                 .map(|s| s.parse::<i64>().map(|bits| f64::from_bits(bits as u64)).map_err(|e| corrupt(job_id, s, e)))
-                .collect::<Result<_>>()?;
-        }
-        Ok(curve)
+                .collect::<Result<_>>()?,
+        })
     }
 }

@@ -1,13 +1,15 @@
 //! Sweeps: submission (the sweep row plus one queued job per grid cell, in one transaction),
 //! reads with per-state counts, cancel and retry.
 
-use std::collections::HashMap;
-
 use lorasweep_common::{JobState, SweepSpec};
 use sqlx::{FromRow, SqliteConnection};
 
-use super::{Store, event, state_of};
+use super::{Store, end_attempt, event, state_of};
 use crate::error::{Error, Result};
+
+/// Columns of [`SweepRow`].
+const SWEEP_COLUMNS: &str = "id, name, sweep_toml, created_at, priority, need_device, min_gpu_memory_bytes, \
+     min_cpu_threads, fail_fast, paused_at, pause_reason, rowid";
 
 /// A stored sweep.
 #[derive(Debug, Clone, FromRow)]
@@ -21,6 +23,13 @@ pub(crate) struct SweepRow {
     pub(crate) need_device: String,
     pub(crate) min_gpu_memory_bytes: i64,
     pub(crate) min_cpu_threads: i64,
+    /// 0: never pauses.
+    pub(crate) fail_fast: i64,
+    /// 0 while not paused.
+    pub(crate) paused_at: i64,
+    pub(crate) pause_reason: String,
+    /// The ListSweeps page key.
+    pub(crate) rowid: i64,
 }
 
 impl SweepRow {
@@ -126,7 +135,7 @@ impl Store {
                 Box::pin(async move {
                     sqlx::query(
                         "INSERT INTO sweeps (id, name, sweep_toml, source, created_at, priority, need_device, \
-                         min_gpu_memory_bytes, min_cpu_threads) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                         min_gpu_memory_bytes, min_cpu_threads, fail_fast) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                     )
                     .bind(&id)
                     .bind(&spec.name)
@@ -137,6 +146,7 @@ impl Store {
                     .bind(spec.requirements.device_kind())
                     .bind((spec.requirements.min_gpu_memory_gb * 1e9).ceil() as i64)
                     .bind(i64::from(spec.requirements.min_cpu_threads))
+                    .bind(i64::from(spec.fail_fast.unwrap_or(0)))
                     .execute(&mut *conn)
                     .await?;
                     for (ord, (job_id, job, json)) in jobs.iter().enumerate() {
@@ -163,47 +173,30 @@ impl Store {
         Ok((sweep_id, count))
     }
 
-    /// All sweeps, newest first, with counts.
-    pub(crate) async fn list_sweeps(&self) -> Result<Vec<SweepSummary>> {
-        let sweeps: Vec<SweepRow> = sqlx::query_as(
-            "SELECT id, name, sweep_toml, created_at, priority, need_device, min_gpu_memory_bytes, min_cpu_threads \
-                 FROM sweeps ORDER BY created_at DESC, rowid DESC",
-        )
+    /// Sweeps, newest first, with counts: at most `limit` of them, older than the sweep with
+    /// rowid `before` (a page).
+    pub(crate) async fn list_sweeps(&self, before: Option<i64>, limit: u32) -> Result<Vec<SweepSummary>> {
+        let sweeps: Vec<SweepRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {SWEEP_COLUMNS} FROM sweeps \
+             WHERE ?1 IS NULL OR (created_at, rowid) < (SELECT created_at, rowid FROM sweeps WHERE rowid = ?1) \
+             ORDER BY created_at DESC, rowid DESC LIMIT ?2"
+        )))
+        .bind(before)
+        .bind(i64::from(limit))
         .fetch_all(&self.reads)
         .await?;
         let workers = self.live_workers().await?;
-        let rows: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT sweep_id, state, count(*) FROM jobs GROUP BY sweep_id, state")
-                .fetch_all(&self.reads)
-                .await?;
-        let mut counts: HashMap<String, Vec<(JobState, u32)>> = HashMap::new();
-        for (sweep_id, state, n) in rows {
-            counts.entry(sweep_id).or_default().push((state_of(&state)?, n as u32));
+        let mut out = Vec::with_capacity(sweeps.len());
+        for sweep in sweeps {
+            let counts = self.counts(&sweep.id).await?;
+            let unschedulable = unschedulable(&sweep, &counts, &workers);
+            out.push(SweepSummary { sweep, counts, unschedulable });
         }
-        Ok(sweeps
-            .into_iter()
-            .map(|sweep| {
-                let mut counts = counts.remove(&sweep.id).unwrap_or_default();
-                counts.sort();
-                let unschedulable = unschedulable(&sweep, &counts, &workers);
-                SweepSummary { sweep, counts, unschedulable }
-            })
-            .collect())
+        Ok(out)
     }
 
-    /// One sweep with counts.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`] for an unknown id.
-    pub(crate) async fn get_sweep(&self, sweep_id: &str) -> Result<SweepSummary> {
-        let sweep: SweepRow = sqlx::query_as(
-            "SELECT id, name, sweep_toml, created_at, priority, need_device, min_gpu_memory_bytes, min_cpu_threads \
-             FROM sweeps WHERE id = ?1",
-        )
-        .bind(sweep_id)
-        .fetch_optional(&self.reads)
-        .await?
-        .ok_or_else(|| unknown_sweep(sweep_id))?;
+    /// A sweep's job counts per state, in lifecycle order (from the (sweep_id, state) index).
+    async fn counts(&self, sweep_id: &str) -> Result<Vec<(JobState, u32)>> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, count(*) FROM jobs WHERE sweep_id = ?1 GROUP BY state")
                 .bind(sweep_id)
@@ -212,44 +205,79 @@ impl Store {
         let mut counts =
             rows.into_iter().map(|(state, n)| Ok((state_of(&state)?, n as u32))).collect::<Result<Vec<_>>>()?;
         counts.sort();
+        Ok(counts)
+    }
+
+    /// One sweep with counts.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown id.
+    pub(crate) async fn get_sweep(&self, sweep_id: &str) -> Result<SweepSummary> {
+        let sweep: SweepRow =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {SWEEP_COLUMNS} FROM sweeps WHERE id = ?1")))
+                .bind(sweep_id)
+                .fetch_optional(&self.reads)
+                .await?
+                .ok_or_else(|| unknown_sweep(sweep_id))?;
+        let counts = self.counts(sweep_id).await?;
         let unschedulable = unschedulable(&sweep, &counts, &self.live_workers().await?);
         Ok(SweepSummary { sweep, counts, unschedulable })
     }
 
-    /// Cancels every queued or running job of a sweep; returns how many.
-    pub(crate) async fn cancel_sweep(&self, sweep_id: String) -> Result<u32> {
+    /// Cancels every queued or running job of a sweep; returns how many. `who` (the caller, in
+    /// words) is recorded in the jobs' errors and the events.
+    pub(crate) async fn cancel_sweep(&self, sweep_id: String, who: String) -> Result<u32> {
         let now = self.now();
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
                     sweep_exists(conn, &sweep_id).await?;
+                    let why = format!("cancelled by {who}");
+                    // The running attempts end here: their workers learn it at their next
+                    // heartbeat and drop the job without another call.
+                    let running: Vec<(i64, String, i64, String)> = sqlx::query_as(
+                        "SELECT pk, id, attempt, coalesce(worker_id, '') FROM jobs WHERE sweep_id = ?1 AND state = 'running'",
+                    )
+                    .bind(&sweep_id)
+                    .fetch_all(&mut *conn)
+                    .await?;
                     // lease_expires_at stays: the worker learns of the cancel at its next heartbeat.
                     let n = sqlx::query(
-                        "UPDATE jobs SET state = 'cancelled', updated_at = ?2 \
+                        "UPDATE jobs SET state = 'cancelled', error = ?3, error_kind = 'cancelled', updated_at = ?2 \
                          WHERE sweep_id = ?1 AND state IN ('queued', 'running')",
                     )
                     .bind(&sweep_id)
                     .bind(now)
+                    .bind(&why)
                     .execute(&mut *conn)
                     .await?
                     .rows_affected() as u32;
-                    event(conn, now, &sweep_id, None, "cancelled", &format!("{n} jobs")).await?;
+                    for (pk, job_id, attempt, worker) in &running {
+                        end_attempt(conn, *pk, *attempt, now, "cancelled", &why, "").await?;
+                        event(conn, now, &sweep_id, Some((job_id, *attempt, worker)), "cancelled", &why).await?;
+                    }
+                    event(conn, now, &sweep_id, None, "cancelled", &format!("{n} jobs {why}")).await?;
                     Ok(n)
                 })
             })
             .await
     }
 
-    /// Requeues every failed or cancelled job of a sweep with a fresh failure budget; returns how
-    /// many. `attempt` is kept, so workers of earlier attempts stay fenced off.
-    pub(crate) async fn retry_sweep(&self, sweep_id: String) -> Result<u32> {
+    /// Requeues every failed or cancelled job of a sweep with a fresh failure budget and lifts a
+    /// fail-fast pause; returns how many. `attempt` is kept, so workers of earlier attempts stay
+    /// fenced off.
+    pub(crate) async fn retry_sweep(&self, sweep_id: String, who: String) -> Result<u32> {
         let now = self.now();
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
                     sweep_exists(conn, &sweep_id).await?;
+                    sqlx::query("UPDATE sweeps SET paused_at = 0, pause_reason = '' WHERE id = ?1")
+                        .bind(&sweep_id)
+                        .execute(&mut *conn)
+                        .await?;
                     let n = sqlx::query(
-                        "UPDATE jobs SET state = 'queued', failures = 0, error = '', lease_expires_at = 0, \
+                        "UPDATE jobs SET state = 'queued', failures = 0, error = '', error_kind = '', lease_expires_at = 0, \
                          updated_at = ?2 WHERE sweep_id = ?1 AND state IN ('failed', 'cancelled')",
                     )
                     .bind(&sweep_id)
@@ -257,7 +285,7 @@ impl Store {
                     .execute(&mut *conn)
                     .await?
                     .rows_affected() as u32;
-                    event(conn, now, &sweep_id, None, "retried", &format!("{n} jobs")).await?;
+                    event(conn, now, &sweep_id, None, "retried", &format!("{n} jobs requeued by {who}")).await?;
                     Ok(n)
                 })
             })
@@ -270,7 +298,7 @@ pub(crate) fn unknown_sweep(sweep_id: &str) -> Error {
     Error::NotFound(format!("no sweep with id {sweep_id:?}"))
 }
 
-async fn sweep_exists(conn: &mut SqliteConnection, sweep_id: &str) -> Result<()> {
+pub(crate) async fn sweep_exists(conn: &mut SqliteConnection, sweep_id: &str) -> Result<()> {
     let found: Option<(i64,)> =
         sqlx::query_as("SELECT 1 FROM sweeps WHERE id = ?1").bind(sweep_id).fetch_optional(conn).await?;
     found.map(|_| ()).ok_or_else(|| unknown_sweep(sweep_id))

@@ -98,6 +98,7 @@ async fn every_bad_input_of_the_catalogue_is_refused_by_name_and_changes_nothing
             final_eval_loss: Some(1.0),
             tokens,
             seconds,
+            ..Default::default()
         };
         let req = authed(req, Some(WORKER));
         Box::pin(async move { w.complete_job(req).await.map(|_| ()) })
@@ -169,14 +170,14 @@ async fn every_bad_input_of_the_catalogue_is_refused_by_name_and_changes_nothing
     let small = vec![1u8, 2, 3];
     let raw_header = |value: &str| -> Call {
         let mut s = s0.clone();
-        let mut req = tonic::Request::new(pb::ListSweepsRequest {});
+        let mut req = tonic::Request::new(pb::ListSweepsRequest::default());
         req.metadata_mut().insert("authorization", value.parse().expect("ascii header"));
         Box::pin(async move { s.list_sweeps(req).await.map(|_| ()) })
     };
     let (sweeps_any, workers_any) = (s0.clone(), w0.clone());
     let list_sweeps = move |token: Option<&str>| -> Call {
         let mut s = sweeps_any.clone();
-        let req = authed(pb::ListSweepsRequest {}, token);
+        let req = authed(pb::ListSweepsRequest::default(), token);
         Box::pin(async move { s.list_sweeps(req).await.map(|_| ()) })
     };
     let lease_job = move |worker_id: String, token: Option<&str>| -> Call {
@@ -194,7 +195,7 @@ async fn every_bad_input_of_the_catalogue_is_refused_by_name_and_changes_nothing
                 "cancel" => s.cancel_sweep(authed(pb::CancelSweepRequest { sweep_id }, t)).await.map(|_| ()),
                 "retry" => s.retry_sweep(authed(pb::RetrySweepRequest { sweep_id }, t)).await.map(|_| ()),
                 "curve" => s.get_curve(authed(pb::GetCurveRequest { job_id: sweep_id }, t)).await.map(|_| ()),
-                _ => s.list_jobs(authed(pb::ListJobsRequest { sweep_id, state: 17 }, t)).await.map(|_| ()),
+                _ => s.list_jobs(authed(pb::ListJobsRequest { sweep_id, state: 17, ..Default::default() }, t)).await.map(|_| ()),
             }
         })
     };

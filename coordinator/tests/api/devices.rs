@@ -24,7 +24,7 @@ async fn visible_devices_and_threads_are_listed_per_worker() -> anyhow::Result<(
             })
             .await?;
     }
-    let listed = c.sweeps.list_workers(pb::ListWorkersRequest {}).await?.into_inner().workers;
+    let listed = c.sweeps.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
     let mut seen: Vec<(String, String, u32, String, u64)> = listed
         .into_iter()
         .map(|w| (w.name, w.visible_devices, w.cpu_threads, w.gpu_name, w.gpu_memory_bytes))

@@ -166,12 +166,15 @@ impl TestCoordinator {
         Ok(())
     }
 
-    /// The event log of one job, oldest first, as (kind, detail).
+    /// The event log of one job, oldest first, as (kind, detail with its attempt and worker id).
     pub(crate) async fn events(&self, job_id: &str) -> anyhow::Result<Vec<(String, String)>> {
         use sqlx::Connection;
         let mut conn =
             sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", self.db_path().display())).await?;
-        let rows = sqlx::query_as("SELECT kind, detail FROM events WHERE job_id = ?1 ORDER BY id")
+        let rows = sqlx::query_as(
+            "SELECT kind, detail || ' [attempt ' || attempt || ', worker ' || worker_id || ']' FROM events \
+             WHERE job_id = ?1 ORDER BY id",
+        )
             .bind(job_id)
             .fetch_all(&mut conn)
             .await?;
@@ -216,7 +219,7 @@ impl TestCoordinator {
 
     /// All jobs of a sweep.
     pub(crate) async fn jobs(&mut self, sweep_id: &str) -> anyhow::Result<Vec<pb::Job>> {
-        Ok(self.sweeps.list_jobs(pb::ListJobsRequest { sweep_id: sweep_id.into(), state: 0 }).await?.into_inner().jobs)
+        Ok(self.sweeps.list_jobs(pb::ListJobsRequest { sweep_id: sweep_id.into(), state: 0, ..Default::default() }).await?.into_inner().jobs)
     }
 
     /// One job by id.
@@ -250,6 +253,7 @@ impl TestCoordinator {
                 final_eval_loss: Some(loss),
                 tokens: 1000,
                 seconds: 1.5,
+                ..Default::default()
             })
             .await
             .map(|_| ())
@@ -324,4 +328,23 @@ pub(crate) fn grid(lrs: usize, seeds: usize) -> String {
         lrs.join(", "),
         seeds.join(", ")
     )
+}
+
+/// A job's whole curves: GetCurve's streamed pieces concatenated.
+pub(crate) async fn read_curve(
+    sweeps: &mut lorasweep_proto::pb::sweeps_client::SweepsClient<tonic::transport::Channel>,
+    job_id: &str,
+) -> Result<lorasweep_proto::pb::GetCurveResponse, tonic::Status> {
+    let mut stream = sweeps
+        .get_curve(lorasweep_proto::pb::GetCurveRequest { job_id: job_id.to_string() })
+        .await?
+        .into_inner();
+    let mut curve = lorasweep_proto::pb::GetCurveResponse::default();
+    while let Some(piece) = stream.message().await? {
+        curve.train_steps.extend(piece.train_steps);
+        curve.train_losses.extend(piece.train_losses);
+        curve.eval_steps.extend(piece.eval_steps);
+        curve.eval_losses.extend(piece.eval_losses);
+    }
+    Ok(curve)
 }

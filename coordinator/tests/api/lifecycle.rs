@@ -45,7 +45,7 @@ async fn submit_lease_report_complete() -> anyhow::Result<()> {
     assert_eq!(job.last_train_loss, Some(3.0 / 50f64.sqrt()));
     assert_eq!((job.tokens, job.seconds, job.worker.as_str()), (1000, 1.5, worker.as_str()));
 
-    let curve = c.sweeps.get_curve(pb::GetCurveRequest { job_id: lease.job_id.clone() }).await?.into_inner();
+    let curve = read_curve(&mut c.sweeps, &lease.job_id.clone()).await?;
     assert_eq!(curve.train_steps, (1..=50).collect::<Vec<_>>());
     assert_eq!(curve.train_losses[3], 1.5);
     let sent: Vec<f64> = points[..50].iter().map(|p| p.loss).collect();
@@ -54,11 +54,11 @@ async fn submit_lease_report_complete() -> anyhow::Result<()> {
     assert_eq!(curve.eval_losses[0], 2.38);
     assert!(curve.eval_losses[1].is_nan() && curve.eval_losses[2] == f64::INFINITY, "NaN and inf survive");
 
-    let workers = c.sweeps.list_workers(pb::ListWorkersRequest {}).await?.into_inner().workers;
+    let workers = c.sweeps.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
     assert_eq!(workers.len(), 1);
     assert!(workers[0].alive && workers[0].job_id.is_empty() && workers[0].name == "host:0");
 
-    let counts = c.sweeps.list_sweeps(pb::ListSweepsRequest {}).await?.into_inner().sweeps[0].counts.clone();
+    let counts = c.sweeps.list_sweeps(pb::ListSweepsRequest::default()).await?.into_inner().sweeps[0].counts.clone();
     assert_eq!(
         counts,
         vec![
@@ -83,7 +83,7 @@ async fn duplicate_points_are_stored_once() -> anyhow::Result<()> {
     again.reverse();
     again.extend(train_points(1200)[1000..].iter().copied());
     assert_eq!(c.report(&lease.job_id, lease.attempt, &again, 64).await?, 700);
-    let curve = c.sweeps.get_curve(pb::GetCurveRequest { job_id: lease.job_id.clone() }).await?.into_inner();
+    let curve = read_curve(&mut c.sweeps, &lease.job_id.clone()).await?;
     assert_eq!(curve.train_steps, (1..=1200).collect::<Vec<_>>(), "each step exactly once, in order");
     assert_eq!(c.job(&sweep_id, &lease.job_id).await?.step, 1200);
     c.stop().await?;
@@ -169,7 +169,7 @@ async fn extreme_losses_round_trip_exactly() -> anyhow::Result<()> {
         .map(|(i, &loss)| pb::Point { series: pb::Series::Train as i32, step: i as u64 + 1, loss })
         .collect();
     c.report(&lease.job_id, lease.attempt, &points, 4).await?;
-    let curve = c.sweeps.get_curve(pb::GetCurveRequest { job_id: lease.job_id.clone() }).await?.into_inner();
+    let curve = read_curve(&mut c.sweeps, &lease.job_id.clone()).await?;
     let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&curve.train_losses), bits(&losses), "every loss survives bit for bit");
     assert!(curve.eval_steps.is_empty());
@@ -197,7 +197,7 @@ async fn a_message_larger_than_one_write_is_stored_whole() -> anyhow::Result<()>
     let lease = c.lease(&worker).await?;
     // One 30,000-point message spans four writes inside the coordinator.
     assert_eq!(c.report(&lease.job_id, lease.attempt, &train_points(30_000), 30_000).await?, 30_000);
-    let curve = c.sweeps.get_curve(pb::GetCurveRequest { job_id: lease.job_id.clone() }).await?.into_inner();
+    let curve = read_curve(&mut c.sweeps, &lease.job_id.clone()).await?;
     assert_eq!(curve.train_steps, (1..=30_000).collect::<Vec<_>>());
     c.stop().await?;
     Ok(())

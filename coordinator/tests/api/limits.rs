@@ -126,7 +126,7 @@ async fn a_point_stream_over_its_limit_stores_nothing_of_the_crossing_message() 
     let status = c.report(&lease.job_id, lease.attempt, &train_points(12), 6).await.expect_err("12 > 10 accepted");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("at most 10 points per stream"), "{status:?}");
-    let curve = c.sweeps.get_curve(pb::GetCurveRequest { job_id: lease.job_id.clone() }).await?.into_inner();
+    let curve = read_curve(&mut c.sweeps, &lease.job_id.clone()).await?;
     assert_eq!(curve.train_steps, (1..=6).collect::<Vec<u64>>(), "only the first message was stored");
     // Exactly at the limit is fine, and the job is untouched by the refusal.
     assert_eq!(c.report(&lease.job_id, lease.attempt, &train_points(10), 5).await?, 10);

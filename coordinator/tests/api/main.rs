@@ -12,6 +12,7 @@ mod lifecycle;
 mod limits;
 mod malformed;
 mod metrics;
+mod observe;
 mod restart;
 mod security;
 mod tls;

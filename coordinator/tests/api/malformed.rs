@@ -45,12 +45,12 @@ async fn malformed_calls_get_clear_errors_and_change_nothing() -> anyhow::Result
     );
     refused(s.get_sweep(pb::GetSweepRequest { sweep_id: "nope".into() }).await, Code::NotFound, &["nope"]);
     refused(
-        s.list_jobs(pb::ListJobsRequest { sweep_id: sweep_id.clone(), state: 17 }).await,
+        s.list_jobs(pb::ListJobsRequest { sweep_id: sweep_id.clone(), state: 17, ..Default::default() }).await,
         Code::InvalidArgument,
         &["state", "17"],
     );
     refused(
-        s.list_jobs(pb::ListJobsRequest { sweep_id: "x".repeat(1000), state: 0 }).await,
+        s.list_jobs(pb::ListJobsRequest { sweep_id: "x".repeat(1000), state: 0, ..Default::default() }).await,
         Code::InvalidArgument,
         &["sweep_id"],
     );
@@ -86,6 +86,7 @@ async fn malformed_calls_get_clear_errors_and_change_nothing() -> anyhow::Result
         final_eval_loss: Some(1.0),
         tokens: 1,
         seconds: 1.0,
+        ..Default::default()
     };
     refused(
         w.complete_job(complete(pb::JobState::Queued as i32)).await,

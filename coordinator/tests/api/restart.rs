@@ -25,7 +25,7 @@ async fn restart_keeps_points_and_honours_a_live_lease() -> anyhow::Result<()> {
     assert!(!beat.cancel, "the lease survived the restart");
     c.report(&lease.job_id, lease.attempt, &train_points(600)[500..], 100).await?;
     c.complete(&worker, &lease, 1.7).await?;
-    let curve = c.sweeps.get_curve(pb::GetCurveRequest { job_id: lease.job_id.clone() }).await?.into_inner();
+    let curve = read_curve(&mut c.sweeps, &lease.job_id.clone()).await?;
     assert_eq!(curve.train_steps, (1..=600).collect::<Vec<_>>());
     let job = c.job(&sweep_id, &lease.job_id).await?;
     assert_eq!((state(&job), job.attempt), (pb::JobState::Succeeded, 1));
@@ -105,7 +105,7 @@ async fn kill_9_loses_nothing_acknowledged() -> anyhow::Result<()> {
     let (mut child, addr) = start_binary(dir.path())?;
     let mut sweeps = SweepsClient::connect(addr.clone()).await?;
     let mut workers = WorkersClient::connect(addr).await?;
-    let curve = sweeps.get_curve(pb::GetCurveRequest { job_id: lease.job_id.clone() }).await?.into_inner();
+    let curve = read_curve(&mut sweeps, &lease.job_id.clone()).await?;
     assert_eq!(curve.train_steps.len(), 20_000, "every acknowledged point survived kill -9");
     let beat = workers
         .heartbeat(pb::HeartbeatRequest {
@@ -118,7 +118,7 @@ async fn kill_9_loses_nothing_acknowledged() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert!(!beat.cancel, "the still-valid lease is honoured after the restart");
-    let jobs = sweeps.list_jobs(pb::ListJobsRequest { sweep_id, state: 0 }).await?.into_inner().jobs;
+    let jobs = sweeps.list_jobs(pb::ListJobsRequest { sweep_id, state: 0, ..Default::default() }).await?.into_inner().jobs;
     assert_eq!((state(&jobs[0]), jobs[0].step), (pb::JobState::Running, 20_000));
     child.kill()?;
     child.wait()?;

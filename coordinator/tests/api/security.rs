@@ -64,15 +64,15 @@ async fn call_all(c: &TestCoordinator, token: Option<&str>, ids: &Ids) -> Vec<(&
                     .await,
             ),
         ),
-        ("ListSweeps", code(s.list_sweeps(authed(pb::ListSweepsRequest {}, token)).await)),
+        ("ListSweeps", code(s.list_sweeps(authed(pb::ListSweepsRequest::default(), token)).await)),
         ("GetSweep", code(s.get_sweep(authed(pb::GetSweepRequest { sweep_id: sweep_id.clone() }, token)).await)),
         (
             "ListJobs",
-            code(s.list_jobs(authed(pb::ListJobsRequest { sweep_id: sweep_id.clone(), state: 0 }, token)).await),
+            code(s.list_jobs(authed(pb::ListJobsRequest { sweep_id: sweep_id.clone(), state: 0, ..Default::default() }, token)).await),
         ),
         ("WatchSweep", code(s.watch_sweep(authed(pb::WatchSweepRequest { sweep_id: sweep_id.clone() }, token)).await)),
         ("GetCurve", code(s.get_curve(authed(pb::GetCurveRequest { job_id: ids.job.clone() }, token)).await)),
-        ("ListWorkers", code(s.list_workers(authed(pb::ListWorkersRequest {}, token)).await)),
+        ("ListWorkers", code(s.list_workers(authed(pb::ListWorkersRequest::default(), token)).await)),
         (
             "RegisterWorker",
             code(
@@ -128,6 +128,7 @@ async fn call_all(c: &TestCoordinator, token: Option<&str>, ids: &Ids) -> Vec<(&
         final_eval_loss: Some(1.0),
         tokens: 1,
         seconds: 1.0,
+        ..Default::default()
     };
     out.push(("CompleteJob", code(w.complete_job(authed(complete, token)).await)));
     let mut a = c.artifacts.clone();
@@ -221,7 +222,7 @@ async fn missing_or_wrong_tokens_are_unauthenticated_and_store_nothing() -> anyh
         }
     }
     // A header that is not `Bearer <token>`.
-    let mut raw = Request::new(pb::ListSweepsRequest {});
+    let mut raw = Request::new(pb::ListSweepsRequest::default());
     raw.metadata_mut().insert("authorization", format!("Basic {ADMIN}").parse()?);
     let status = c.sweeps.clone().list_sweeps(raw).await.expect_err("Basic auth accepted");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
@@ -254,7 +255,7 @@ async fn the_worker_token_works_for_workers_and_reads_but_not_admin_calls() -> a
     assert_eq!(count(&after, "workers"), count(&before, "workers").map(|n| n + 1));
     assert_eq!(count(&after, "loss_points"), Some(2));
     let mut s = c.sweeps.clone();
-    let jobs = s.list_jobs(authed(pb::ListJobsRequest { sweep_id: ids.sweep.clone(), state: 0 }, Some(WORKER))).await?;
+    let jobs = s.list_jobs(authed(pb::ListJobsRequest { sweep_id: ids.sweep.clone(), state: 0, ..Default::default() }, Some(WORKER))).await?;
     assert_eq!(state(&jobs.into_inner().jobs[0]), pb::JobState::Running, "CancelSweep was refused");
     c.stop().await?;
     Ok(())
@@ -270,7 +271,7 @@ async fn the_admin_token_may_call_everything() -> anyhow::Result<()> {
         }
     }
     let mut s = c.sweeps.clone();
-    let sweeps = s.list_sweeps(authed(pb::ListSweepsRequest {}, Some(ADMIN))).await?.into_inner().sweeps;
+    let sweeps = s.list_sweeps(authed(pb::ListSweepsRequest::default(), Some(ADMIN))).await?.into_inner().sweeps;
     assert_eq!(sweeps.len(), 2, "the admin's SubmitSweep was stored");
     c.stop().await?;
     Ok(())

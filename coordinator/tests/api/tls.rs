@@ -60,7 +60,7 @@ async fn tls_with_a_test_made_ca_works_and_refuses_strangers() -> anyhow::Result
         .into_inner();
     assert_eq!(submitted.jobs, 1);
     // Auth still applies inside TLS.
-    let refused = sweeps.list_sweeps(pb::ListSweepsRequest {}).await.expect_err("no token accepted over TLS");
+    let refused = sweeps.list_sweeps(pb::ListSweepsRequest::default()).await.expect_err("no token accepted over TLS");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 
     // A client trusting another CA fails the handshake.
@@ -94,7 +94,7 @@ async fn an_unusable_tls_identity_is_refused_at_start() -> anyhow::Result<()> {
 async fn list_sweeps_via(endpoint: Endpoint) -> Result<(), String> {
     let channel = connect(endpoint).await.map_err(|e| e.to_string())?;
     SweepsClient::new(channel)
-        .list_sweeps(authed(pb::ListSweepsRequest {}, Some(ADMIN)))
+        .list_sweeps(authed(pb::ListSweepsRequest::default(), Some(ADMIN)))
         .await
         .map(|_| ())
         .map_err(|s| s.to_string())
