@@ -216,7 +216,7 @@ async fn phases(url: &str, args: &BenchCoordinatorArgs) -> anyhow::Result<()> {
         let started = Instant::now();
         let curve = crate::client::curve(&mut sweeps, &lease.job_id).await?;
         fetch_times.push(started.elapsed());
-        let json = serde_json::to_string(&crate::output::curve_json(&curve))?;
+        let json = crate::output::curve_json_text(&curve);
         times.push(started.elapsed());
         (len, json_bytes) = (curve.train_steps.len(), json.len());
     }

@@ -226,7 +226,7 @@ pub(crate) async fn curve(url: &str, args: CurveArgs) -> anyhow::Result<()> {
     let mut client = client::connect(url).await?;
     let curve = client::curve(&mut client, &args.job).await?;
     if args.json {
-        println!("{}", serde_json::to_string(&output::curve_json(&curve)).context("encoding the curve")?);
+        println!("{}", output::curve_json_text(&curve));
     } else if args.csv {
         print!("{}", output::curve_csv(&curve));
     } else {

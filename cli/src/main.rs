@@ -3,6 +3,7 @@
 
 mod bench_checkpoint;
 mod bench_coordinator;
+mod bench_logs;
 mod bench_switch;
 mod client;
 mod cmd_adapter;
@@ -121,6 +122,8 @@ enum BenchCommand {
     JobSwitch(bench_switch::BenchSwitchArgs),
     /// Checkpoint size, serialise/upload/download/parse times through a real coordinator.
     Checkpoint(bench_checkpoint::BenchCheckpointArgs),
+    /// What shipping a job's log records to the coordinator costs a tiny training step.
+    LogShipping(bench_logs::BenchLogsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -145,7 +148,10 @@ fn main() -> anyhow::Result<()> {
             .with_filter(filter);
         // Workers (`worker`, and the demo's in-process ones) ship job-scoped records to the
         // coordinator for `lorasweep logs`, whatever RUST_LOG says for stderr.
-        let ship = matches!(cli.command, Command::Worker(_) | Command::Demo(_))
+        let ship = matches!(
+            cli.command,
+            Command::Worker(_) | Command::Demo(_) | Command::Bench { which: BenchCommand::LogShipping(_) }
+        )
             .then(|| lorasweep_worker::logship::layer().with_filter(LevelFilter::INFO));
         tracing_subscriber::registry().with(stderr).with(ship).init();
     }
@@ -183,6 +189,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { which: BenchCommand::Train(args) } => cmd_bench_train::run(args),
         Command::Bench { which: BenchCommand::JobSwitch(args) } => bench_switch::run(args),
         Command::Bench { which: BenchCommand::Checkpoint(args) } => rt()?.block_on(bench_checkpoint::run(args)),
+        Command::Bench { which: BenchCommand::LogShipping(args) } => rt()?.block_on(bench_logs::run(args)),
         Command::Train(args) => cmd_train::run(args),
         Command::Generate(args) => cmd_generate::run(args),
         Command::MakeTinyModel(args) => cmd_tiny::run_model(args),

@@ -241,26 +241,30 @@ where
     }
 }
 
-/// A daemon's shipper: its route in the layer and the task that drains it.
+/// A daemon's shipper: its route in the layer and the task that drains it. Public for
+/// `lorasweep bench log-shipping`.
 #[derive(Debug)]
-pub(crate) struct Shipper {
+pub struct Shipper {
     worker_id: String,
+    stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Shipper {
     /// Starts shipping `worker_id`'s job records to `client`.
-    pub(crate) fn start(worker_id: &str, client: WorkersClient<Authed>) -> Shipper {
+    pub fn start(worker_id: &str, client: WorkersClient<Authed>) -> Shipper {
         let (tx, rx) = mpsc::channel(QUEUE);
         let route = Arc::new(Route { tx, limit: Mutex::new((BURST, Instant::now(), HashMap::new())) });
         routes().write().unwrap_or_else(PoisonError::into_inner).insert(worker_id.to_string(), route.clone());
-        let task = tokio::spawn(ship(rx, Arc::downgrade(&route), client));
-        Shipper { worker_id: worker_id.to_string(), task }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(ship(rx, route, client, stop.clone()));
+        Shipper { worker_id: worker_id.to_string(), stop, task }
     }
 
     /// Stops routing records here, ships what is queued (waiting at most `within`) and ends.
-    pub(crate) async fn finish(self, within: Duration) {
+    pub async fn finish(self, within: Duration) {
         routes().write().unwrap_or_else(PoisonError::into_inner).remove(&self.worker_id);
+        self.stop.cancel();
         let mut task = self.task;
         if tokio::time::timeout(within, &mut task).await.is_err() {
             task.abort();
@@ -268,26 +272,27 @@ impl Shipper {
     }
 }
 
-/// Drains `rx` every [`FLUSH_EVERY`] until its route is removed (every sender dropped), then
-/// flushes once more.
-async fn ship(mut rx: mpsc::Receiver<Record>, route: std::sync::Weak<Route>, client: WorkersClient<Authed>) {
+/// Drains `rx` every [`FLUSH_EVERY`] until `stop`, then flushes once more.
+async fn ship(
+    mut rx: mpsc::Receiver<Record>,
+    route: Arc<Route>,
+    client: WorkersClient<Authed>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let mut ticker = tokio::time::interval(FLUSH_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
-        let mut pending = Vec::new();
-        let closed = loop {
-            match rx.try_recv() {
-                Ok(r) => pending.push(r),
-                Err(mpsc::error::TryRecvError::Empty) => break false,
-                Err(mpsc::error::TryRecvError::Disconnected) => break true,
-            }
+        let last = tokio::select! {
+            _ = ticker.tick() => false,
+            () = stop.cancelled() => true,
         };
-        let dropped = route.upgrade().map_or_else(HashMap::new, |r| {
-            std::mem::take(&mut r.limit.lock().unwrap_or_else(PoisonError::into_inner).2)
-        });
+        let mut pending = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            pending.push(r);
+        }
+        let dropped = std::mem::take(&mut route.limit.lock().unwrap_or_else(PoisonError::into_inner).2);
         flush(&client, pending, dropped).await;
-        if closed {
+        if last {
             return;
         }
     }
