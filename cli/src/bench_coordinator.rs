@@ -205,7 +205,11 @@ async fn phases(url: &str, args: &BenchCoordinatorArgs) -> anyhow::Result<()> {
         .map(|step| pb::Point { series: pb::Series::Train as i32, step, loss: 2.0 + 1.0 / step as f64 })
         .collect::<Vec<_>>()
         .chunks(8192)
-        .map(|chunk| pb::ReportPointsRequest { job_id: lease.job_id.clone(), attempt: lease.attempt, points: chunk.to_vec() })
+        .map(|chunk| pb::ReportPointsRequest {
+            job_id: lease.job_id.clone(),
+            attempt: lease.attempt,
+            points: chunk.to_vec(),
+        })
         .collect();
     client.report_points(tokio_stream::iter(messages)).await?;
     complete(client, id, &lease).await?;
@@ -223,7 +227,12 @@ async fn phases(url: &str, args: &BenchCoordinatorArgs) -> anyhow::Result<()> {
     anyhow::ensure!(len as u64 == args.curve_points, "read back {len} points of {}", args.curve_points);
     let fetch = median(&mut fetch_times);
     let t = median(&mut times);
-    println!("{:<44} {:>12.1} ms   (the stream alone: {:.1} ms; {json_bytes} bytes of JSON)", format!("curve --json of a {len}-point curve"), ms(t), ms(fetch));
+    println!(
+        "{:<44} {:>12.1} ms   (the stream alone: {:.1} ms; {json_bytes} bytes of JSON)",
+        format!("curve --json of a {len}-point curve"),
+        ms(t),
+        ms(fetch)
+    );
     report("  … median of 3", t, "< 1 s", t < Duration::from_secs(1));
 
     // Phase 3: lease+complete cycles, in rounds: on a shared 2-core machine one round can land
@@ -261,8 +270,11 @@ async fn phases(url: &str, args: &BenchCoordinatorArgs) -> anyhow::Result<()> {
     for _ in 0..10 {
         let started = Instant::now();
         sweeps.get_sweep(pb::GetSweepRequest { sweep_id: sweep_id.clone() }).await?;
-        let jobs =
-            sweeps.list_jobs(pb::ListJobsRequest { sweep_id: sweep_id.clone(), ..Default::default() }).await?.into_inner().jobs;
+        let jobs = sweeps
+            .list_jobs(pb::ListJobsRequest { sweep_id: sweep_id.clone(), ..Default::default() })
+            .await?
+            .into_inner()
+            .jobs;
         times.push(started.elapsed());
         anyhow::ensure!(jobs.len() == 140, "the study sweep has {} jobs, expected 140", jobs.len());
     }
@@ -272,11 +284,7 @@ async fn phases(url: &str, args: &BenchCoordinatorArgs) -> anyhow::Result<()> {
     // Phase 5: `lorasweep jobs` of a 10,000-job sweep: every ListJobs page, then the table.
     let lrs: Vec<String> = (1..=20).map(|k| format!("{k}e-4")).collect();
     let seeds: Vec<String> = (0..100).map(|s| s.to_string()).collect();
-    let toml = format!(
-        "name = \"bench-10k\"\n[grid]\nlrs = [{}]\nseeds = [{}]\n",
-        lrs.join(","),
-        seeds.join(",")
-    );
+    let toml = format!("name = \"bench-10k\"\n[grid]\nlrs = [{}]\nseeds = [{}]\n", lrs.join(","), seeds.join(","));
     let big = sweeps
         .submit_sweep(pb::SubmitSweepRequest { sweep_toml: toml, source: "bench-10k.toml".into() })
         .await?

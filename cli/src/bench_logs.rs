@@ -155,11 +155,7 @@ pub(crate) async fn run(args: BenchLogsArgs) -> anyhow::Result<()> {
 
     let per_step = job_records as f64 / steps.steps as f64;
     let overhead = per_step * accepted_s / step_s;
-    println!(
-        "tiny training step (demo model and settings)   {:>10.2} ms   ({} steps)",
-        step_s * 1e3,
-        steps.steps
-    );
+    println!("tiny training step (demo model and settings)   {:>10.2} ms   ({} steps)", step_s * 1e3, steps.steps);
     println!("job-scoped records the job shipped             {job_records:>10}      ({per_step:.3} per step)");
     println!("layer cost per record, accepted (format+queue) {:>10.2} µs", accepted_s * 1e6);
     println!("layer cost per record, over the rate limit     {:>10.2} µs", dropped_s * 1e6);
@@ -172,9 +168,6 @@ pub(crate) async fn run(args: BenchLogsArgs) -> anyhow::Result<()> {
         overhead * 100.0,
         if overhead < 0.01 { "OK" } else { "MISSED" }
     );
-    println!(
-        "worst case (every step logs a record)          {:>10.4} %",
-        accepted_s.max(dropped_s) / step_s * 100.0
-    );
+    println!("worst case (every step logs a record)          {:>10.4} %", accepted_s.max(dropped_s) / step_s * 100.0);
     Ok(())
 }

@@ -152,7 +152,7 @@ fn main() -> anyhow::Result<()> {
             cli.command,
             Command::Worker(_) | Command::Demo(_) | Command::Bench { which: BenchCommand::LogShipping(_) }
         )
-            .then(|| lorasweep_worker::logship::layer().with_filter(LevelFilter::INFO));
+        .then(|| lorasweep_worker::logship::layer().with_filter(LevelFilter::INFO));
         tracing_subscriber::registry().with(stderr).with(ship).init();
     }
     client::configure(cli.connect.clone());

@@ -152,8 +152,7 @@ impl SweepSpec {
                 return Err(fail(
                     "fail_fast",
                     format!(
-                        "{n} is out of range; allowed: 1 to {} failed jobs, or `false` to never pause the sweep",
-                        MAX_JOBS
+                        "{n} is out of range; allowed: 1 to {MAX_JOBS} failed jobs, or `false` to never pause the sweep"
                     ),
                 ));
             }

@@ -128,8 +128,8 @@ fn need_of(path: &str) -> (Need, &str) {
         ("lorasweep.v1.Sweeps", "SubmitSweep" | "CancelSweep" | "RetrySweep" | "ResumeSweep") => Need::Admin,
         (
             "lorasweep.v1.Sweeps",
-            "ListSweeps" | "GetSweep" | "ListJobs" | "GetJob" | "WatchSweep" | "GetCurve" | "ListWorkers" | "ListEvents"
-            | "FollowEvents" | "ListLogs" | "FollowLogs",
+            "ListSweeps" | "GetSweep" | "ListJobs" | "GetJob" | "WatchSweep" | "GetCurve" | "ListWorkers"
+            | "ListEvents" | "FollowEvents" | "ListLogs" | "FollowLogs",
         ) => Need::Any,
         _ => Need::Admin,
     };

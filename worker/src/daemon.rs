@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 use lorasweep_train::{CandleTrainer, Trainer, synthetic::SyntheticTrainer};
 
 use crate::{
-    logship::Shipper,
     Config, TrainerKind, WorkerError,
     artifacts::ArtifactsGrpc,
     connect::Authed,
     control::Shutdown,
     job::{self, JobContext},
+    logship::Shipper,
     metrics,
     rpc::{self, Backoff},
     status::{State, WorkerStatus},
@@ -168,7 +168,7 @@ async fn lease_loop(
                     interrupted |= !finished;
                     trainer = match next {
                         Some(t) => t,
-                        None => make_trainer(&config)?,
+                        None => make_trainer(config)?,
                     };
                     continue;
                 }
@@ -190,7 +190,9 @@ async fn lease_loop(
                 match register(config, client, artifacts, live, stop).await {
                     Some(c) => {
                         *ctx = c;
-                        std::mem::replace(shipper, Shipper::start(&ctx.worker_id, client.clone())).finish(LOG_FLUSH).await;
+                        std::mem::replace(shipper, Shipper::start(&ctx.worker_id, client.clone()))
+                            .finish(LOG_FLUSH)
+                            .await;
                     }
                     None => break,
                 }

@@ -452,7 +452,9 @@ async fn job_logs_are_shipped_per_attempt() -> anyhow::Result<()> {
         let records: Vec<&pb::LogRecord> = s.shipped.iter().flat_map(|r| &r.records).collect();
         assert!(s.shipped.iter().all(|r| r.job_id == "logged" && r.attempt == 1), "{:?}", s.shipped);
         assert!(
-            records.iter().any(|r| r.level == "INFO" && r.message.contains("leased job") && r.message.contains("lr=0.001")),
+            records
+                .iter()
+                .any(|r| r.level == "INFO" && r.message.contains("leased job") && r.message.contains("lr=0.001")),
             "the job's INFO records, fields included: {records:?}"
         );
         assert!(records.iter().any(|r| r.message.contains("job finished")), "{records:?}");

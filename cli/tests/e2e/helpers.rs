@@ -211,7 +211,11 @@ pub(crate) async fn submit(sweeps: &mut SweepsClient<Channel>, toml: &str) -> an
 
 /// The sweep's jobs.
 pub(crate) async fn jobs(sweeps: &mut SweepsClient<Channel>, sweep: &str) -> anyhow::Result<Vec<pb::Job>> {
-    Ok(sweeps.list_jobs(pb::ListJobsRequest { sweep_id: sweep.into(), state: 0, ..Default::default() }).await?.into_inner().jobs)
+    Ok(sweeps
+        .list_jobs(pb::ListJobsRequest { sweep_id: sweep.into(), state: 0, ..Default::default() })
+        .await?
+        .into_inner()
+        .jobs)
 }
 
 /// True for succeeded, failed, diverged and cancelled.
@@ -288,10 +292,8 @@ pub(crate) async fn read_curve(
     sweeps: &mut lorasweep_proto::pb::sweeps_client::SweepsClient<tonic::transport::Channel>,
     job_id: &str,
 ) -> Result<lorasweep_proto::pb::GetCurveResponse, tonic::Status> {
-    let mut stream = sweeps
-        .get_curve(lorasweep_proto::pb::GetCurveRequest { job_id: job_id.to_string() })
-        .await?
-        .into_inner();
+    let mut stream =
+        sweeps.get_curve(lorasweep_proto::pb::GetCurveRequest { job_id: job_id.to_string() }).await?.into_inner();
     let mut curve = lorasweep_proto::pb::GetCurveResponse::default();
     while let Some(piece) = stream.message().await? {
         curve.train_steps.extend(piece.train_steps);

@@ -69,7 +69,10 @@ async fn a_sweep_with_a_wrong_model_path_pauses_and_says_why_everywhere() -> any
         Ok(out.contains("job failed").then_some(out))
     })
     .await?;
-    assert!(logs.contains("WARN") && logs.contains("/nonexistent/qwen2.5-1.5b") && logs.contains("retryable=false"), "{logs}");
+    assert!(
+        logs.contains("WARN") && logs.contains("/nonexistent/qwen2.5-1.5b") && logs.contains("retryable=false"),
+        "{logs}"
+    );
     assert!(logs.contains("leased job"), "{logs}");
 
     // Bad input changes nothing.

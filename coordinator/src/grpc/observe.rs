@@ -99,7 +99,11 @@ pub(crate) fn events_page_args(req: &pb::ListEventsRequest) -> Result<(u32, i64)
 /// Attempt filter, page size and starting seq of a ListLogs/FollowLogs.
 pub(crate) fn logs_page_args(req: &pb::ListLogsRequest) -> Result<(Option<u32>, u32, i64)> {
     let attempt = (req.attempt > 0).then_some(req.attempt);
-    Ok((attempt, paging::page_size(req.page_size, PAGE.0, PAGE.1), paging::position(&req.page_token, "l")?.unwrap_or(0)))
+    Ok((
+        attempt,
+        paging::page_size(req.page_size, PAGE.0, PAGE.1),
+        paging::position(&req.page_token, "l")?.unwrap_or(0),
+    ))
 }
 
 /// One page of events after `after`, its next token (empty when this was the last page) and

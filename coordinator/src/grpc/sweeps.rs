@@ -106,9 +106,11 @@ impl SweepsService {
                         train_losses: piece.losses,
                         ..Default::default()
                     },
-                    Series::Eval => {
-                        pb::GetCurveResponse { eval_steps: piece.steps, eval_losses: piece.losses, ..Default::default() }
-                    }
+                    Series::Eval => pb::GetCurveResponse {
+                        eval_steps: piece.steps,
+                        eval_losses: piece.losses,
+                        ..Default::default()
+                    },
                 };
                 tokio::select! {
                     sent = tx.send(Ok(msg)) => if sent.is_err() { return },

@@ -239,7 +239,9 @@ impl Workers for WorkersService {
         }
         let diverged_at = match (state, req.diverged_step) {
             (JobState::Diverged, Some(step)) if step <= i64::MAX as u64 => Some((step, req.diverged_loss)),
-            (JobState::Diverged, Some(_)) => return Err(Status::invalid_argument("diverged_step too large; allowed: ≤ i64::MAX")),
+            (JobState::Diverged, Some(_)) => {
+                return Err(Status::invalid_argument("diverged_step too large; allowed: ≤ i64::MAX"));
+            }
             (JobState::Diverged, None) => None,
             (_, Some(_)) => {
                 return Err(Status::invalid_argument("diverged_step is only valid with state JOB_STATE_DIVERGED"));

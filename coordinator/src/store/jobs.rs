@@ -277,9 +277,10 @@ impl Store {
         let Outcome { state, final_eval_loss, tokens, seconds, diverged_at } = outcome;
         let now = self.now();
         let (error, error_kind) = match (state, diverged_at) {
-            (JobState::Diverged, Some((step, loss))) => {
-                (format!("diverged at step {step}: train loss {}", loss.map_or("NaN".into(), |l| format!("{l}"))), "diverged")
-            }
+            (JobState::Diverged, Some((step, loss))) => (
+                format!("diverged at step {step}: train loss {}", loss.map_or("NaN".into(), |l| format!("{l}"))),
+                "diverged",
+            ),
             (JobState::Diverged, None) => ("diverged".to_string(), "diverged"),
             _ => (String::new(), ""),
         };

@@ -137,7 +137,10 @@ impl Store {
         .await?;
         let (Some(steps), Some(losses)) = row else { return Ok(CurvePiece::default()) };
         let mut piece = CurvePiece {
-            steps: steps.split(',').map(|s| s.parse::<u64>().map_err(|e| corrupt(job_id, s, e))).collect::<Result<_>>()?,
+            steps: steps
+                .split(',')
+                .map(|s| s.parse::<u64>().map_err(|e| corrupt(job_id, s, e)))
+                .collect::<Result<_>>()?,
             losses: losses
                 .split(',')
                 .map(|s| s.parse::<i64>().map(|bits| f64::from_bits(bits as u64)).map_err(|e| corrupt(job_id, s, e)))

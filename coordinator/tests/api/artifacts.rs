@@ -190,7 +190,8 @@ async fn stale_attempts_cannot_upload_and_the_new_attempt_sees_old_checkpoints()
     await_condition("the reaper requeues the job", || {
         let (mut s, sweep_id, job_id) = (c.sweeps.clone(), sweep_id.clone(), job_id.clone());
         async move {
-            let jobs = s.list_jobs(pb::ListJobsRequest { sweep_id, state: 0, ..Default::default() }).await?.into_inner().jobs;
+            let jobs =
+                s.list_jobs(pb::ListJobsRequest { sweep_id, state: 0, ..Default::default() }).await?.into_inner().jobs;
             Ok(jobs.iter().any(|j| j.id == job_id && state(j) == pb::JobState::Queued))
         }
     })

@@ -195,7 +195,10 @@ async fn every_bad_input_of_the_catalogue_is_refused_by_name_and_changes_nothing
                 "cancel" => s.cancel_sweep(authed(pb::CancelSweepRequest { sweep_id }, t)).await.map(|_| ()),
                 "retry" => s.retry_sweep(authed(pb::RetrySweepRequest { sweep_id }, t)).await.map(|_| ()),
                 "curve" => s.get_curve(authed(pb::GetCurveRequest { job_id: sweep_id }, t)).await.map(|_| ()),
-                _ => s.list_jobs(authed(pb::ListJobsRequest { sweep_id, state: 17, ..Default::default() }, t)).await.map(|_| ()),
+                _ => s
+                    .list_jobs(authed(pb::ListJobsRequest { sweep_id, state: 17, ..Default::default() }, t))
+                    .await
+                    .map(|_| ()),
             }
         })
     };

@@ -266,14 +266,17 @@ async fn run(c: &TestCoordinator, pool: &Pool, call: &Call) -> (Option<tonic::St
                 let r =
                     s.submit_sweep(pb::SubmitSweepRequest { sweep_toml: toml.clone(), source: source.clone() }).await?;
                 let sweep_id = r.into_inner().sweep_id;
-                let jobs = s.list_jobs(pb::ListJobsRequest { sweep_id: sweep_id.clone(), state: 0, ..Default::default() }).await?;
+                let jobs = s
+                    .list_jobs(pb::ListJobsRequest { sweep_id: sweep_id.clone(), state: 0, ..Default::default() })
+                    .await?;
                 std::iter::once(sweep_id).chain(jobs.into_inner().jobs.into_iter().map(|j| j.id)).collect()
             }
             Call::ListSweeps => s.list_sweeps(pb::ListSweepsRequest::default()).await.map(|_| vec![])?,
             Call::GetSweep(i) => s.get_sweep(pb::GetSweepRequest { sweep_id: id(i) }).await.map(|_| vec![])?,
-            Call::ListJobs(i, state) => {
-                s.list_jobs(pb::ListJobsRequest { sweep_id: id(i), state: *state, ..Default::default() }).await.map(|_| vec![])?
-            }
+            Call::ListJobs(i, state) => s
+                .list_jobs(pb::ListJobsRequest { sweep_id: id(i), state: *state, ..Default::default() })
+                .await
+                .map(|_| vec![])?,
             Call::Watch(i) => {
                 let mut stream = s.watch_sweep(pb::WatchSweepRequest { sweep_id: id(i) }).await?.into_inner();
                 stream.message().await?;

@@ -39,9 +39,11 @@ async fn health_needs_no_token_and_the_health_port_serves_only_health() -> anyho
     }
     assert_eq!(status(&main, "no.such.Service").await.map_err(|s| s.code()), Err(Code::NotFound));
     // Everything else still needs a token on the main port, and does not exist on the probe port.
-    let refused = pb::sweeps_client::SweepsClient::new(main.clone()).list_sweeps(pb::ListSweepsRequest::default()).await;
+    let refused =
+        pb::sweeps_client::SweepsClient::new(main.clone()).list_sweeps(pb::ListSweepsRequest::default()).await;
     assert_eq!(refused.map(|_| ()).map_err(|s| s.code()), Err(Code::Unauthenticated));
-    let absent = pb::sweeps_client::SweepsClient::new(probe.clone()).list_sweeps(pb::ListSweepsRequest::default()).await;
+    let absent =
+        pb::sweeps_client::SweepsClient::new(probe.clone()).list_sweeps(pb::ListSweepsRequest::default()).await;
     assert_eq!(absent.map(|_| ()).map_err(|s| s.code()), Err(Code::Unimplemented));
 
     // One coordinator per data directory.

@@ -175,9 +175,9 @@ impl TestCoordinator {
             "SELECT kind, detail || ' [attempt ' || attempt || ', worker ' || worker_id || ']' FROM events \
              WHERE job_id = ?1 ORDER BY id",
         )
-            .bind(job_id)
-            .fetch_all(&mut conn)
-            .await?;
+        .bind(job_id)
+        .fetch_all(&mut conn)
+        .await?;
         conn.close().await?;
         Ok(rows)
     }
@@ -219,7 +219,12 @@ impl TestCoordinator {
 
     /// All jobs of a sweep.
     pub(crate) async fn jobs(&mut self, sweep_id: &str) -> anyhow::Result<Vec<pb::Job>> {
-        Ok(self.sweeps.list_jobs(pb::ListJobsRequest { sweep_id: sweep_id.into(), state: 0, ..Default::default() }).await?.into_inner().jobs)
+        Ok(self
+            .sweeps
+            .list_jobs(pb::ListJobsRequest { sweep_id: sweep_id.into(), state: 0, ..Default::default() })
+            .await?
+            .into_inner()
+            .jobs)
     }
 
     /// One job by id.
@@ -335,10 +340,8 @@ pub(crate) async fn read_curve(
     sweeps: &mut lorasweep_proto::pb::sweeps_client::SweepsClient<tonic::transport::Channel>,
     job_id: &str,
 ) -> Result<lorasweep_proto::pb::GetCurveResponse, tonic::Status> {
-    let mut stream = sweeps
-        .get_curve(lorasweep_proto::pb::GetCurveRequest { job_id: job_id.to_string() })
-        .await?
-        .into_inner();
+    let mut stream =
+        sweeps.get_curve(lorasweep_proto::pb::GetCurveRequest { job_id: job_id.to_string() }).await?.into_inner();
     let mut curve = lorasweep_proto::pb::GetCurveResponse::default();
     while let Some(piece) = stream.message().await? {
         curve.train_steps.extend(piece.train_steps);

@@ -57,7 +57,8 @@ async fn expired_lease_is_requeued_and_the_old_attempt_is_fenced_off() -> anyhow
     await_condition("the reaper requeues the job", || {
         let (mut c2, sweep_id, job_id) = (c.sweeps.clone(), sweep_id.clone(), job_id.clone());
         async move {
-            let jobs = c2.list_jobs(pb::ListJobsRequest { sweep_id, state: 0, ..Default::default() }).await?.into_inner().jobs;
+            let jobs =
+                c2.list_jobs(pb::ListJobsRequest { sweep_id, state: 0, ..Default::default() }).await?.into_inner().jobs;
             Ok(jobs.iter().any(|j| j.id == job_id && state(j) == pb::JobState::Queued))
         }
     })
@@ -112,7 +113,11 @@ async fn a_job_fails_after_max_attempts_expiries() -> anyhow::Result<()> {
         await_condition("the reaper acts", || {
             let (mut s, sweep_id) = (c.sweeps.clone(), sweep_id.clone());
             async move {
-                let jobs = s.list_jobs(pb::ListJobsRequest { sweep_id, state: 0, ..Default::default() }).await?.into_inner().jobs;
+                let jobs = s
+                    .list_jobs(pb::ListJobsRequest { sweep_id, state: 0, ..Default::default() })
+                    .await?
+                    .into_inner()
+                    .jobs;
                 Ok(state(&jobs[0]) == want)
             }
         })

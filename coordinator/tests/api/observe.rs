@@ -20,11 +20,8 @@ async fn events(c: &mut TestCoordinator, id: &str, page_size: u32) -> anyhow::Re
     let mut out = Vec::new();
     let mut page_token = String::new();
     loop {
-        let page = c
-            .sweeps
-            .list_events(pb::ListEventsRequest { id: id.into(), page_size, page_token })
-            .await?
-            .into_inner();
+        let page =
+            c.sweeps.list_events(pb::ListEventsRequest { id: id.into(), page_size, page_token }).await?.into_inner();
         anyhow::ensure!(page_size == 0 || page.events.len() <= page_size as usize, "page over its size");
         out.extend(page.events);
         if page.next_page_token.is_empty() {
@@ -34,11 +31,20 @@ async fn events(c: &mut TestCoordinator, id: &str, page_size: u32) -> anyhow::Re
     }
 }
 
+/// (attempt, worker name, outcome, error kind, error, resumed from step).
+type AttemptRow<'a> = (u32, &'a str, &'a str, &'a str, &'a str, Option<u64>);
+
 fn kinds(events: &[pb::Event]) -> Vec<(&str, u32)> {
     events.iter().map(|e| (e.kind.as_str(), e.attempt)).collect()
 }
 
-async fn fail(c: &mut TestCoordinator, worker: &str, lease: &pb::Lease, error: &str, retryable: bool) -> anyhow::Result<()> {
+async fn fail(
+    c: &mut TestCoordinator,
+    worker: &str,
+    lease: &pb::Lease,
+    error: &str,
+    retryable: bool,
+) -> anyhow::Result<()> {
     c.workers
         .fail_job(pb::FailJobRequest {
             worker_id: worker.into(),
@@ -53,7 +59,12 @@ async fn fail(c: &mut TestCoordinator, worker: &str, lease: &pb::Lease, error: &
 }
 
 async fn get_sweep(c: &mut TestCoordinator, id: &str) -> anyhow::Result<pb::Sweep> {
-    c.sweeps.get_sweep(pb::GetSweepRequest { sweep_id: id.into() }).await?.into_inner().sweep.ok_or_else(|| anyhow::anyhow!("no sweep"))
+    c.sweeps
+        .get_sweep(pb::GetSweepRequest { sweep_id: id.into() })
+        .await?
+        .into_inner()
+        .sweep
+        .ok_or_else(|| anyhow::anyhow!("no sweep"))
 }
 
 #[tokio::test]
@@ -107,10 +118,19 @@ async fn every_attempt_keeps_its_worker_outcome_and_error_and_the_events_tell_th
     assert_eq!(detail.sweep_name, "test");
     let spec: lorasweep_common::JobSpec = serde_json::from_str(&detail.spec_json)?;
     assert_eq!(spec.lr, 1e-3);
-    let rows: Vec<(u32, &str, &str, &str, &str, Option<u64>)> = detail
+    let rows: Vec<AttemptRow<'_>> = detail
         .attempts
         .iter()
-        .map(|x| (x.attempt, x.worker_name.as_str(), x.outcome.as_str(), x.error_kind.as_str(), x.error.as_str(), x.resumed_from_step))
+        .map(|x| {
+            (
+                x.attempt,
+                x.worker_name.as_str(),
+                x.outcome.as_str(),
+                x.error_kind.as_str(),
+                x.error.as_str(),
+                x.resumed_from_step,
+            )
+        })
         .collect();
     assert_eq!(
         rows,
@@ -178,7 +198,8 @@ async fn fail_fast_pauses_a_sweep_whose_jobs_fail_alike_and_resume_continues_it(
     assert_eq!(resumed.requeued, 2, "the two failed jobs run again");
     assert!(get_sweep(&mut c, &sweep_id).await?.paused.is_empty());
     c.lease(&w).await?;
-    let again = c.sweeps.resume_sweep(pb::ResumeSweepRequest { sweep_id: sweep_id.clone() }).await.expect_err("not paused");
+    let again =
+        c.sweeps.resume_sweep(pb::ResumeSweepRequest { sweep_id: sweep_id.clone() }).await.expect_err("not paused");
     assert_eq!(again.code(), Code::FailedPrecondition);
     assert!(again.message().contains("not paused"), "{}", again.message());
     let ghost = c.sweeps.resume_sweep(pb::ResumeSweepRequest { sweep_id: "ghost".into() }).await.expect_err("unknown");
@@ -224,8 +245,9 @@ async fn a_curve_larger_than_the_message_limit_round_trips_bit_for_bit() -> anyh
     let lease = c.lease(&w).await?;
     // 400,000 points are 4.38 MB as one message: over the 4 MiB limit GetCurve once had.
     let n = 400_000u64;
-    let points: Vec<pb::Point> =
-        (1..=n).map(|step| pb::Point { series: pb::Series::Train as i32, step, loss: 1.0 + 1.0 / step as f64 }).collect();
+    let points: Vec<pb::Point> = (1..=n)
+        .map(|step| pb::Point { series: pb::Series::Train as i32, step, loss: 1.0 + 1.0 / step as f64 })
+        .collect();
     c.report(&lease.job_id, lease.attempt, &points, 8192).await?;
     let whole = pb::GetCurveResponse {
         train_steps: points.iter().map(|p| p.step).collect(),
@@ -283,7 +305,11 @@ async fn job_sweep_and_worker_lists_page_and_refuse_bad_tokens() -> anyhow::Resu
         .await
         .expect_err("a jobs token is no events token");
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = c.sweeps.list_events(pb::ListEventsRequest { id: "ghost".into(), ..Default::default() }).await.expect_err("ghost");
+    let err = c
+        .sweeps
+        .list_events(pb::ListEventsRequest { id: "ghost".into(), ..Default::default() })
+        .await
+        .expect_err("ghost");
     assert!(err.code() == Code::NotFound && err.message().contains("no sweep or job"), "{err:?}");
     assert_eq!(c.counts().await?, before, "refusals change nothing");
 
@@ -303,9 +329,13 @@ async fn job_sweep_and_worker_lists_page_and_refuse_bad_tokens() -> anyhow::Resu
         page_token = page.next_page_token;
     }
     assert_eq!(names, vec![2, 1, 300], "newest first, one per page");
-    let first = c.sweeps.list_workers(pb::ListWorkersRequest { page_size: 1, page_token: String::new() }).await?.into_inner();
-    let second =
-        c.sweeps.list_workers(pb::ListWorkersRequest { page_size: 1, page_token: first.next_page_token }).await?.into_inner();
+    let first =
+        c.sweeps.list_workers(pb::ListWorkersRequest { page_size: 1, page_token: String::new() }).await?.into_inner();
+    let second = c
+        .sweeps
+        .list_workers(pb::ListWorkersRequest { page_size: 1, page_token: first.next_page_token })
+        .await?
+        .into_inner();
     assert_eq!((first.workers.len(), second.workers.len(), second.next_page_token.as_str()), (1, 1, ""));
     assert_ne!(first.workers[0].id, second.workers[0].id);
     Ok(())
@@ -338,7 +368,13 @@ async fn ship(
 ) -> Result<pb::ShipLogsResponse, tonic::Status> {
     let records = messages
         .iter()
-        .map(|m| pb::LogRecord { level: "INFO".into(), target: "lorasweep_train".into(), message: (*m).into(), at_ms: 5, ..Default::default() })
+        .map(|m| pb::LogRecord {
+            level: "INFO".into(),
+            target: "lorasweep_train".into(),
+            message: (*m).into(),
+            at_ms: 5,
+            ..Default::default()
+        })
         .collect();
     c.workers
         .ship_logs(pb::ShipLogsRequest {
@@ -387,7 +423,10 @@ async fn job_logs_are_kept_per_attempt_from_their_holder_only_and_capped() -> an
 
     let all = logs(&mut c, &first.job_id, 0).await?;
     let got: Vec<(u64, u32, &str)> = all.iter().map(|r| (r.seq, r.attempt, r.message.as_str())).collect();
-    assert_eq!(got, vec![(1, 1, "loading model"), (2, 1, "step 1 loss 5.8"), (3, 2, "attempt two"), (4, 1, "late but useful")]);
+    assert_eq!(
+        got,
+        vec![(1, 1, "loading model"), (2, 1, "step 1 loss 5.8"), (3, 2, "attempt two"), (4, 1, "late but useful")]
+    );
     let only_two: Vec<String> = logs(&mut c, &first.job_id, 2).await?.into_iter().map(|r| r.message).collect();
     assert_eq!(only_two, vec!["attempt two"]);
 

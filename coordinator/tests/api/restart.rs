@@ -118,7 +118,8 @@ async fn kill_9_loses_nothing_acknowledged() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert!(!beat.cancel, "the still-valid lease is honoured after the restart");
-    let jobs = sweeps.list_jobs(pb::ListJobsRequest { sweep_id, state: 0, ..Default::default() }).await?.into_inner().jobs;
+    let jobs =
+        sweeps.list_jobs(pb::ListJobsRequest { sweep_id, state: 0, ..Default::default() }).await?.into_inner().jobs;
     assert_eq!((state(&jobs[0]), jobs[0].step), (pb::JobState::Running, 20_000));
     child.kill()?;
     child.wait()?;

@@ -68,7 +68,13 @@ async fn call_all(c: &TestCoordinator, token: Option<&str>, ids: &Ids) -> Vec<(&
         ("GetSweep", code(s.get_sweep(authed(pb::GetSweepRequest { sweep_id: sweep_id.clone() }, token)).await)),
         (
             "ListJobs",
-            code(s.list_jobs(authed(pb::ListJobsRequest { sweep_id: sweep_id.clone(), state: 0, ..Default::default() }, token)).await),
+            code(
+                s.list_jobs(authed(
+                    pb::ListJobsRequest { sweep_id: sweep_id.clone(), state: 0, ..Default::default() },
+                    token,
+                ))
+                .await,
+            ),
         ),
         ("WatchSweep", code(s.watch_sweep(authed(pb::WatchSweepRequest { sweep_id: sweep_id.clone() }, token)).await)),
         ("GetCurve", code(s.get_curve(authed(pb::GetCurveRequest { job_id: ids.job.clone() }, token)).await)),
@@ -255,7 +261,12 @@ async fn the_worker_token_works_for_workers_and_reads_but_not_admin_calls() -> a
     assert_eq!(count(&after, "workers"), count(&before, "workers").map(|n| n + 1));
     assert_eq!(count(&after, "loss_points"), Some(2));
     let mut s = c.sweeps.clone();
-    let jobs = s.list_jobs(authed(pb::ListJobsRequest { sweep_id: ids.sweep.clone(), state: 0, ..Default::default() }, Some(WORKER))).await?;
+    let jobs = s
+        .list_jobs(authed(
+            pb::ListJobsRequest { sweep_id: ids.sweep.clone(), state: 0, ..Default::default() },
+            Some(WORKER),
+        ))
+        .await?;
     assert_eq!(state(&jobs.into_inner().jobs[0]), pb::JobState::Running, "CancelSweep was refused");
     c.stop().await?;
     Ok(())
