@@ -220,7 +220,7 @@ async fn a_140_job_sweep_survives_a_kill_a_partition_and_a_coordinator_restart()
             .await?;
     ensure!(ended_jobs == JOBS as i64, "{ended_jobs} of {JOBS} jobs ended succeeded or diverged");
     let completions: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT job_id, COUNT(*) FROM events WHERE sweep_id = ?1 AND kind = 'completed' GROUP BY job_id",
+        "SELECT job_id, COUNT(*) FROM events WHERE sweep_id = ?1 AND kind IN ('succeeded', 'diverged') GROUP BY job_id",
     )
     .bind(&sweep)
     .fetch_all(&db)
@@ -263,11 +263,22 @@ async fn a_140_job_sweep_survives_a_kill_a_partition_and_a_coordinator_restart()
             attempts.get(id.as_str())
         );
     }
-    let expired: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE job_id = ?1 AND kind = 'expired'")
+    let expired: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE job_id = ?1 AND kind = 'heartbeat-lost'")
         .bind(&cut_job)
         .fetch_one(&db)
         .await?;
-    ensure!(expired >= 1, "no expiry event for the partitioned worker's job");
+    ensure!(expired >= 1, "no heartbeat-lost event for the partitioned worker's job");
+    // The partitioned attempt's row says it was lost; a later attempt finished the job.
+    let outcomes: Vec<String> = sqlx::query_scalar(
+        "SELECT a.outcome FROM attempts a JOIN jobs j ON j.pk = a.job_pk WHERE j.id = ?1 ORDER BY a.attempt",
+    )
+    .bind(&cut_job)
+    .fetch_all(&db)
+    .await?;
+    ensure!(
+        outcomes.iter().any(|o| o == "lost") && outcomes.last().is_some_and(|o| o == "succeeded" || o == "diverged"),
+        "attempts of the partitioned job: {outcomes:?}"
+    );
     db.close().await;
     scope.passed();
     Ok(())
