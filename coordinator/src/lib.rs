@@ -1,5 +1,7 @@
-//! lorasweep coordinator: a gRPC server (services `Sweeps` and `Workers` of `lorasweep.v1`) that
-//! keeps sweeps, jobs, leases and loss curves in SQLite.
+//! lorasweep coordinator: a gRPC server (services `Sweeps`, `Workers` and `Artifacts` of
+//! `lorasweep.v1`) that keeps sweeps, jobs, leases, loss curves, artifacts and what happened
+//! (attempts, events, workers' job logs) in SQLite, and pauses a sweep whose jobs all fail alike
+//! (fail-fast).
 //!
 //! Writes are funnelled through one writer task (see `store::writer`), which batches them into
 //! transactions and answers only after the commit, so an acknowledged call is durable. Leases are
@@ -13,7 +15,8 @@
 //! - [`clock`]: [`Clock`], with [`SystemClock`] and the tests' [`ManualClock`].
 //! - [`error`]: [`Error`], the one error type.
 //! - `store`: every SQL statement, and the writer task; [`Durability`].
-//! - `grpc`: the two services and the mapping of errors onto gRPC status codes.
+//! - `grpc`: the three services, paging and streaming of answers that grow with the data, and
+//!   the mapping of errors onto gRPC status codes.
 //! - `reaper`: requeues expired leases.
 //! - [`auth`]: the admin and worker bearer tokens, checked in a layer before every call.
 //! - [`limits`]: the size limits of what is accepted.
