@@ -5,7 +5,9 @@
 //! binding. Mid-sweep one task is `scancel`led (its lease is released at once, not after the
 //! 60 s TTL) and another `scontrol requeue`d (it checkpoints at the SIGTERM, and the job resumes
 //! from that step). When the sweep is done every worker exits and every task ends COMPLETED
-//! (the cancelled one CANCELLED); every curve is bit-identical to a fault-free run.
+//! (the cancelled one CANCELLED); every curve is bit-identical to a fault-free run. A second
+//! test runs the whole-node template (`launch slurm --tasks`: one job of 4 tasks, one GPU each)
+//! with the synthetic trainer until the sweep is done and the job completes by itself.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -387,5 +389,77 @@ fn a_slurm_array_binds_gpus_releases_on_scancel_resumes_after_requeue_and_comple
     );
     drop(coord);
     drop(slurm);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root, slurm-wlm and munge: cargo test --workspace --test engine -- --ignored (.ci/run runs it)"]
+fn a_multi_task_slurm_job_binds_a_gpu_per_task_and_ends_when_the_sweep_is_done() -> anyhow::Result<()> {
+    let _serial = serial();
+    let slurm = Slurm::start()?;
+    let work = tempfile::tempdir()?;
+    let coord = coordinator(&work.path().join("data"))?;
+    let url = coord.url.as_str();
+    let file = work.path().join("sweep.toml");
+    std::fs::write(
+        &file,
+        "name = \"slurm-tasks\"\n[train]\nmax_steps = 30\n\
+         [grid]\ninits = [\"standard\", \"reversed\"]\nlrs = [1e-4, 1e-3, 1e-2]\nseeds = [1, 2]\n",
+    )?;
+    let sweep = run(BIN, &["--coordinator", url, "submit", &file.display().to_string()])?;
+    let logs = work.path().join("logs");
+    let worker_bin = Path::new(BIN).with_file_name("lorasweep-worker");
+    // `--tasks`: one job of 4 tasks (`srun -n 4 --gpus-per-task=1`), the whole-node template.
+    let launch = Command::new(BIN)
+        .args(["--coordinator", url, "launch", "slurm", "--gpus", "4", "--tasks", "--device", "cpu"])
+        .args(["--cpus-per-worker", "1", "--exit-when-idle", "3s", "--shutdown-grace", "10s", "--hf-home"])
+        .arg(work.path().join("hf"))
+        .arg("--log-dir")
+        .arg(&logs)
+        .arg("--worker")
+        .arg(&worker_bin)
+        .args(["--worker-args", "--trainer synthetic --synthetic-step-ms 30 --max-backoff-ms 200"])
+        .env("SLURM_CONF", &slurm.conf)
+        .output()?;
+    ensure!(launch.status.success(), "launch slurm --tasks: {}", String::from_utf8_lossy(&launch.stderr));
+    let job = String::from_utf8_lossy(&launch.stdout).trim().to_string();
+
+    let workers = wait_for("4 tasks to register", Duration::from_secs(60), || {
+        let w = cli_json(url, &["workers", "--json"])?;
+        Ok((w.as_array().map_or(0, Vec::len) == 4).then_some(w))
+    })?;
+    let (mut visible, mut ranks) = (BTreeSet::new(), BTreeSet::new());
+    for w in workers.as_array().into_iter().flatten() {
+        visible.insert(w["visible_devices"].as_str().unwrap_or("?").to_string());
+        let name = w["name"].as_str().unwrap_or_default();
+        let rank = name.rsplit_once(&format!("/slurm-{job}.")).map(|(_, r)| r.to_string());
+        ranks.insert(rank.with_context(|| format!("worker name {name:?} does not name job {job} and a rank"))?);
+    }
+    ensure!(visible == ["0", "1", "2", "3"].map(String::from).into(), "CUDA_VISIBLE_DEVICES per task: {visible:?}");
+    ensure!(ranks == ["0", "1", "2", "3"].map(String::from).into(), "task ranks: {ranks:?}");
+
+    let finished = wait_for("the sweep to finish", Duration::from_secs(120), || {
+        let s = cli_json(url, &["status", &sweep, "--json"])?;
+        Ok((s["finished"] == true).then_some(s))
+    })?;
+    let c = &finished["counts"];
+    let ended = c["succeeded"].as_u64().unwrap_or(0) + c["diverged"].as_u64().unwrap_or(0);
+    ensure!(ended == 12, "the sweep ended with {c}");
+    let jobs = cli_json(url, &["jobs", &sweep, "--json"])?;
+    let ran_on: BTreeSet<&str> = jobs.as_array().into_iter().flatten().filter_map(|j| j["worker"].as_str()).collect();
+    ensure!(ran_on.len() >= 2, "the tasks shared the sweep: {ran_on:?}");
+    // Idle workers exit 0 (--exit-when-idle), so the one Slurm job ends COMPLETED by itself.
+    let mut state = String::new();
+    wait_for("the Slurm job to end", Duration::from_secs(60), || {
+        let text = slurm.cmd("scontrol", &["show", "job", "-o", &job])?;
+        state = text.split_whitespace().find_map(|kv| kv.strip_prefix("JobState=")).unwrap_or_default().to_string();
+        Ok((state != "RUNNING" && state != "PENDING" && !state.is_empty()).then_some(()))
+    })
+    .with_context(|| format!("job {job} state {state}"))?;
+    ensure!(state == "COMPLETED", "job {job} ended {state}");
+    eprintln!(
+        "slurm --tasks: 4 tasks on GPUs {visible:?}, {ended} jobs over {} workers, job {job} {state}",
+        ran_on.len()
+    );
     Ok(())
 }
