@@ -52,8 +52,9 @@ CREATE TABLE job_logs (
 ) WITHOUT ROWID;
 
 -- The lease stays one statement: the trigger that keeps the round-robin order now also opens
--- the attempt's row and writes the `leased` event (a trigger's statements skip sqlx's per-call
--- prepare/bind/step round trip, which is most of what a separate statement would cost).
+-- the attempt's row, writes the `leased` event and marks the worker seen (a trigger's statements
+-- skip sqlx's per-call round trip to its connection thread, which is most of what a separate
+-- statement costs).
 DROP TRIGGER jobs_leased;
 CREATE TRIGGER jobs_leased AFTER UPDATE OF attempt ON jobs
 WHEN NEW.state = 'running' AND NEW.attempt > OLD.attempt
@@ -62,4 +63,15 @@ BEGIN
     INSERT INTO attempts (job_pk, attempt, worker_id, leased_at) VALUES (NEW.pk, NEW.attempt, NEW.worker_id, NEW.leased_at);
     INSERT INTO events (at, sweep_id, job_id, kind, detail, attempt, worker_id)
     VALUES (NEW.leased_at, NEW.sweep_id, NEW.id, 'leased', '', NEW.attempt, NEW.worker_id);
+    UPDATE workers SET last_seen = NEW.leased_at WHERE id = NEW.worker_id;
+END;
+
+-- A completion (the only way a running job becomes succeeded or diverged) closes its attempt in
+-- the completing statement. Failures, expiries and cancels close theirs in Rust, with their
+-- error kinds.
+CREATE TRIGGER jobs_completed AFTER UPDATE OF state ON jobs
+WHEN OLD.state = 'running' AND NEW.state IN ('succeeded', 'diverged')
+BEGIN
+    UPDATE attempts SET ended_at = NEW.updated_at, outcome = NEW.state, error = NEW.error
+    WHERE job_pk = NEW.pk AND attempt = NEW.attempt;
 END;

@@ -185,10 +185,12 @@ impl Store {
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
-                    super::workers::touch(conn, &worker_id, now).await?;
                     // One statement: the single writer already serialises leases, and this stays
-                    // atomic even if another process ever writes the file. No event row: the
-                    // event that ends the attempt records its worker and lease time.
+                    // atomic even if another process ever writes the file. The `jobs_leased`
+                    // trigger (migrations 0004, 0005) does the rest in the same statement: the
+                    // sweep's round-robin counter, the attempt's row, the `leased` event and the
+                    // worker's last_seen. (Each separate statement costs a round trip to sqlx's
+                    // connection thread, which is most of a lease's time.)
                     //
                     // Which job: among the sweeps with queued jobs that this worker can run
                     // (device kind, GPU memory, CPU threads; SweepRow::runs_on is the same rule),
@@ -224,6 +226,11 @@ impl Store {
                     .bind(now)
                     .fetch_optional(&mut *conn)
                     .await?;
+                    if lease.is_none() {
+                        // Nothing leased: either no work, or an unknown worker (NotFound). This
+                        // also records that an idle worker was seen.
+                        super::workers::touch(conn, &worker_id, now).await?;
+                    }
                     Ok(lease)
                 })
             })
@@ -289,11 +296,11 @@ impl Store {
                 Box::pin(async move {
                     // Check and write in one statement on the hot path; when it matches nothing,
                     // check_lease explains why (and has written nothing either way).
-                    let done: Option<(i64, String)> = sqlx::query_as(
+                    let done: Option<(String,)> = sqlx::query_as(
                         "UPDATE jobs SET state = ?4, final_eval_loss = ?5, tokens = ?6, seconds = ?7, \
                          lease_expires_at = 0, error = ?9, error_kind = ?10, updated_at = ?8 \
                          WHERE id = ?1 AND attempt = ?2 AND worker_id = ?3 AND state = 'running' AND lease_expires_at > ?8 \
-                         RETURNING pk, sweep_id",
+                         RETURNING sweep_id",
                     )
                     .bind(&job_id)
                     .bind(i64::from(attempt))
@@ -307,12 +314,12 @@ impl Store {
                     .bind(error_kind)
                     .fetch_optional(&mut *conn)
                     .await?;
-                    let Some((pk, sweep_id)) = done else {
+                    let Some((sweep_id,)) = done else {
                         check_lease(conn, now, &job_id, attempt, Some(&worker_id), false).await?;
                         return Err(Error::Corrupt(format!("job {job_id} passed the lease check but could not complete")));
                     };
                     let a = i64::from(attempt);
-                    end_attempt(conn, pk, a, now, state.name(), &error, "").await?;
+                    // The attempt's row was closed by the `jobs_completed` trigger.
                     let loss = final_eval_loss.map_or("none (no eval ran)".into(), |l| format!("{l:.6}"));
                     let detail = if error.is_empty() {
                         format!("final eval loss {loss}")
