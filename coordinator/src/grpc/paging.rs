@@ -30,7 +30,7 @@ pub(crate) fn position(token: &str, kind: &str) -> Result<Option<i64>> {
         Error::InvalidArgument(format!(
             "page_token {:?} is not a token this call returned; pass the previous response's \
              next_page_token, or an empty token for the first page",
-            super::super::store::failfast::shorten(token, 64)
+            crate::store::failfast::shorten(token, 64)
         ))
     };
     let (k, n) = token.split_once(':').ok_or_else(bad)?;
