@@ -74,6 +74,18 @@ async fn a_sweep_with_a_wrong_model_path_pauses_and_says_why_everywhere() -> any
         "{logs}"
     );
     assert!(logs.contains("leased job"), "{logs}");
+    // `--follow` of a finished job prints what is stored and ends (the stream closes with the job).
+    let followed =
+        tokio::time::timeout(Duration::from_secs(20), cli_ok(&url, &["events", &job_id, "--follow", "--json"]))
+            .await??;
+    let kinds: Vec<String> = followed
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["kind"].as_str().unwrap_or("").to_string()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(kinds, vec!["leased", "failed"], "{followed}");
+    let followed =
+        tokio::time::timeout(Duration::from_secs(20), cli_ok(&url, &["logs", &job_id, "--follow"])).await??;
+    assert!(followed.contains("job failed"), "{followed}");
 
     // Bad input changes nothing.
     let not_paused = cli(&url, &["resume", "no-such-sweep"]).await?;
