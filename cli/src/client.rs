@@ -144,10 +144,7 @@ pub(crate) async fn curve(client: &mut Client, job: &str) -> anyhow::Result<pb::
         .into_inner();
     let mut curve = pb::GetCurveResponse::default();
     while let Some(piece) = stream.message().await.map_err(|s| call_error(&what(), s))? {
-        curve.train_steps.extend(piece.train_steps);
-        curve.train_losses.extend(piece.train_losses);
-        curve.eval_steps.extend(piece.eval_steps);
-        curve.eval_losses.extend(piece.eval_losses);
+        lorasweep_common::convert::append_curve(&mut curve, piece);
     }
     Ok(curve)
 }

@@ -97,6 +97,15 @@ impl TryFrom<pb::Point> for LossPoint {
     }
 }
 
+/// Appends a piece of a streamed `GetCurve` answer to the curve assembled so far: the pieces
+/// come in step order, so concatenating their arrays gives the whole curves.
+pub fn append_curve(whole: &mut pb::GetCurveResponse, piece: pb::GetCurveResponse) {
+    whole.train_steps.extend(piece.train_steps);
+    whole.train_losses.extend(piece.train_losses);
+    whole.eval_steps.extend(piece.eval_steps);
+    whole.eval_losses.extend(piece.eval_losses);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -344,10 +344,7 @@ pub(crate) async fn read_curve(
         sweeps.get_curve(lorasweep_proto::pb::GetCurveRequest { job_id: job_id.to_string() }).await?.into_inner();
     let mut curve = lorasweep_proto::pb::GetCurveResponse::default();
     while let Some(piece) = stream.message().await? {
-        curve.train_steps.extend(piece.train_steps);
-        curve.train_losses.extend(piece.train_losses);
-        curve.eval_steps.extend(piece.eval_steps);
-        curve.eval_losses.extend(piece.eval_losses);
+        lorasweep_common::convert::append_curve(&mut curve, piece);
     }
     Ok(curve)
 }
