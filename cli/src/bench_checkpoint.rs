@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use lorasweep_common::{JobSpec, LoraInit, job::LoraSpec};
-use lorasweep_proto::pb::{self, sweeps_client::SweepsClient, workers_client::WorkersClient};
+use lorasweep_proto::pb;
 use lorasweep_train::{
     bench::shape,
     checkpoint::{Checkpoint, LoopState},
@@ -27,7 +27,6 @@ use lorasweep_train::{
 };
 use lorasweep_worker::{ArtifactTransfer, Remote, artifacts::sha256_hex};
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use crate::bench_coordinator::InProcess;
 
@@ -183,28 +182,8 @@ async fn rounds(
     ads: &Adapters,
     opt: &AdamW,
 ) -> anyhow::Result<Rounds> {
-    let channel = Channel::from_shared(url.to_string())?.connect().await?;
     let toml = "name = \"bench-checkpoint\"\n[grid]\ninits = [\"standard\"]\nlrs = [1e-4]\nseeds = [0]\n";
-    SweepsClient::new(channel.clone())
-        .submit_sweep(pb::SubmitSweepRequest { sweep_toml: toml.into(), source: "bench".into() })
-        .await?;
-    let mut workers = WorkersClient::new(channel);
-    let worker_id = workers
-        .register_worker(pb::RegisterWorkerRequest {
-            name: "bench-checkpoint".into(),
-            device: "cpu".into(),
-            trainer: "bench".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .worker_id;
-    let lease = workers
-        .lease_job(pb::LeaseJobRequest { worker_id: worker_id.clone() })
-        .await?
-        .into_inner()
-        .lease
-        .context("the coordinator had no job to lease")?;
+    let (_, worker_id, lease) = crate::bench_coordinator::submit_and_lease(url, toml, "bench-checkpoint").await?;
     let client = ArtifactTransfer::new(&Remote::plain(url), &worker_id, &lease.job_id, lease.attempt)?;
     let mut out = Vec::new();
     let (mut bytes_len, mut up_sha, mut down_sha, mut listed) = (0, String::new(), String::new(), Vec::new());

@@ -336,6 +336,35 @@ async fn cycle_round(
     Ok((done as f64 / started.elapsed().as_secs_f64(), latencies))
 }
 
+/// Submits `toml` (a one-job sweep), registers a worker named `name` and leases that job: a
+/// real attempt for the benches that need one. Returns the worker's client, its id and the lease.
+pub(crate) async fn submit_and_lease(
+    url: &str,
+    toml: &str,
+    name: &str,
+) -> anyhow::Result<(WorkersClient<lorasweep_worker::connect::Authed>, String, pb::Lease)> {
+    let mut sweeps = crate::client::connect(url).await?;
+    sweeps.submit_sweep(pb::SubmitSweepRequest { sweep_toml: toml.into(), source: format!("{name}.toml") }).await?;
+    let mut workers = WorkersClient::new(crate::client::authed(url).await?);
+    let worker_id = workers
+        .register_worker(pb::RegisterWorkerRequest {
+            name: name.into(),
+            device: "cpu".into(),
+            trainer: "bench".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .worker_id;
+    let lease = workers
+        .lease_job(pb::LeaseJobRequest { worker_id: worker_id.clone() })
+        .await?
+        .into_inner()
+        .lease
+        .context("the coordinator had no job to lease")?;
+    Ok((workers, worker_id, lease))
+}
+
 async fn connect(url: &str) -> anyhow::Result<Channel> {
     Channel::from_shared(url.to_string())?.connect().await.with_context(|| format!("connecting to {url}"))
 }

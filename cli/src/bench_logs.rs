@@ -11,14 +11,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lorasweep_common::{LossPoint, Series, SweepSpec};
-use lorasweep_proto::pb::{self, workers_client::WorkersClient};
+use lorasweep_proto::pb;
 use lorasweep_train::{
     Progress,
     tiny::{self, TinyModelConfig},
 };
 use lorasweep_worker::logship::Shipper;
 
-use crate::{bench_coordinator::InProcess, client};
+use crate::{
+    bench_coordinator::{InProcess, submit_and_lease},
+    client,
+};
 
 /// Arguments of `lorasweep bench log-shipping`.
 #[derive(Debug, clap::Args)]
@@ -73,24 +76,7 @@ pub(crate) async fn run(args: BenchLogsArgs) -> anyhow::Result<()> {
     let (coordinator, _) = InProcess::start(|_| {}).await?;
     let url = coordinator.url.clone();
     let mut sweeps = client::connect(&url).await?;
-    let mut workers = WorkersClient::new(client::authed(&url).await?);
-    sweeps.submit_sweep(pb::SubmitSweepRequest { sweep_toml: toml.clone(), source: "bench.toml".into() }).await?;
-    let worker_id = workers
-        .register_worker(pb::RegisterWorkerRequest {
-            name: "bench".into(),
-            device: "cpu".into(),
-            trainer: "candle".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .worker_id;
-    let lease = workers
-        .lease_job(pb::LeaseJobRequest { worker_id: worker_id.clone() })
-        .await?
-        .into_inner()
-        .lease
-        .context("no lease")?;
+    let (workers, worker_id, lease) = submit_and_lease(&url, &toml, "bench-log-shipping").await?;
     let shipper = Shipper::start(&worker_id, workers.clone());
     // The daemon's span (job::run_job): what the layer keys records by.
     let span = tracing::info_span!("run_job", job_id = %lease.job_id, attempt = lease.attempt, worker_id = %worker_id);
