@@ -1,7 +1,8 @@
 //! The catalogue of bad inputs: one table of refused calls against a coordinator with tokens,
 //! each asserted to get its status code and a message naming what is wrong, none changing the
 //! database. `BAD_INPUTS_REPORT=1 cargo test -p lorasweep-coordinator --test api catalogue --
-//! --nocapture` prints the table (input, code, message) for review.
+//! --nocapture` prints the table (input, code, message) for review. The observability calls'
+//! cases are in `catalogue_observe`, on the same setup.
 
 use std::{future::Future, pin::Pin, time::Duration};
 
@@ -16,21 +17,22 @@ use crate::{
     security::{ADMIN, WORKER, authed, tokens},
 };
 
-type Call = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
+pub(crate) type Call = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
 
-struct Case {
+pub(crate) struct Case {
     input: String,
     code: Code,
     needle: String,
     call: Call,
 }
 
-fn case(input: impl Into<String>, code: Code, needle: impl Into<String>, call: Call) -> Case {
+pub(crate) fn case(input: impl Into<String>, code: Code, needle: impl Into<String>, call: Call) -> Case {
     Case { input: input.into(), code, needle: needle.into(), call }
 }
 
-#[tokio::test]
-async fn every_bad_input_of_the_catalogue_is_refused_by_name_and_changes_nothing() -> anyhow::Result<()> {
+/// A coordinator with tokens and a 100-point stream limit, a 2-job sweep, a registered worker
+/// and its lease: what every catalogue case is refused against.
+pub(crate) async fn setup() -> anyhow::Result<(TestCoordinator, String, pb::Lease)> {
     let c = spawn_configured(
         TempDir::new()?,
         ManualClock::new(1_700_000_000_000),
@@ -43,23 +45,56 @@ async fn every_bad_input_of_the_catalogue_is_refused_by_name_and_changes_nothing
         None,
     )
     .await?;
-    let (s0, w0) = (c.sweeps.clone(), c.workers.clone());
     let submit_req = pb::SubmitSweepRequest { sweep_toml: grid(1, 2), source: "t.toml".into() };
-    s0.clone().submit_sweep(authed(submit_req, Some(ADMIN))).await?;
+    c.sweeps.clone().submit_sweep(authed(submit_req, Some(ADMIN))).await?;
     let register = pb::RegisterWorkerRequest {
         name: "w".into(),
         device: "cpu".into(),
         trainer: "synthetic".into(),
         ..Default::default()
     };
-    let worker = w0.clone().register_worker(authed(register, Some(WORKER))).await?.into_inner().worker_id;
-    let lease = w0
+    let worker = c.workers.clone().register_worker(authed(register, Some(WORKER))).await?.into_inner().worker_id;
+    let lease = c
+        .workers
         .clone()
         .lease_job(authed(pb::LeaseJobRequest { worker_id: worker.clone() }, Some(WORKER)))
         .await?
         .into_inner()
         .lease
         .ok_or_else(|| anyhow::anyhow!("no lease"))?;
+    Ok((c, worker, lease))
+}
+
+/// Runs every case, asserting its code and that its message names what is wrong (with
+/// `BAD_INPUTS_REPORT` set, prints the table, numbered from `first`); then that the database is
+/// as `before` and intact, and stops the coordinator.
+pub(crate) async fn refuse_all(
+    c: TestCoordinator,
+    cases: Vec<Case>,
+    before: Vec<(String, i64)>,
+    first: usize,
+) -> anyhow::Result<()> {
+    let print = std::env::var_os("BAD_INPUTS_REPORT").is_some();
+    for (i, Case { input, code, needle, call }) in cases.into_iter().enumerate() {
+        let status = call.await.expect_err(&format!("accepted: {input}"));
+        assert_eq!(status.code(), code, "{input}: {status:?}");
+        assert!(status.message().contains(&needle), "{input}: {:?} does not mention {needle:?}", status.message());
+        if print {
+            let mut message: String = status.message().chars().take(160).collect();
+            message = message.replace('|', "\\|").replace('\n', " ");
+            println!("| {} | {} | {:?} | {} |", first + i, input.replace('|', "\\|"), status.code(), message);
+        }
+    }
+    assert_eq!(c.counts().await?, before, "a refused call changed the database");
+    c.assert_integrity().await?;
+    c.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_bad_input_of_the_catalogue_is_refused_by_name_and_changes_nothing() -> anyhow::Result<()> {
+    let (c, worker, lease) = setup().await?;
+    let (s0, w0) = (c.sweeps.clone(), c.workers.clone());
     let (job, attempt) = (lease.job_id.clone(), lease.attempt);
     let before = c.counts().await?;
 
@@ -203,72 +238,6 @@ async fn every_bad_input_of_the_catalogue_is_refused_by_name_and_changes_nothing
         })
     };
 
-    // The observability calls.
-    let observe = |what: &'static str, id: String, token_text: String| -> Call {
-        let (mut s, mut w, mut a) = (s0.clone(), w0.clone(), c.artifacts.clone());
-        let (worker, job) = (worker.clone(), job.clone());
-        Box::pin(async move {
-            let t = Some(if what == "resume-worker" { WORKER } else { ADMIN });
-            match what {
-                "get_job" => s.get_job(authed(pb::GetJobRequest { job_id: id }, t)).await.map(|_| ()),
-                "events" => s
-                    .list_events(authed(pb::ListEventsRequest { id, page_size: 0, page_token: token_text }, t))
-                    .await
-                    .map(|_| ()),
-                "follow_events" => s
-                    .follow_events(authed(pb::ListEventsRequest { id, page_size: 0, page_token: token_text }, t))
-                    .await
-                    .map(|_| ()),
-                "logs" => s
-                    .list_logs(authed(
-                        pb::ListLogsRequest { job_id: id, attempt: 0, page_size: 0, page_token: token_text },
-                        t,
-                    ))
-                    .await
-                    .map(|_| ()),
-                "jobs_page" => s
-                    .list_jobs(authed(
-                        pb::ListJobsRequest { sweep_id: id, page_token: token_text, ..Default::default() },
-                        t,
-                    ))
-                    .await
-                    .map(|_| ()),
-                "sweeps_page" => s
-                    .list_sweeps(authed(pb::ListSweepsRequest { page_size: 0, page_token: token_text }, t))
-                    .await
-                    .map(|_| ()),
-                "resume" | "resume-worker" => {
-                    s.resume_sweep(authed(pb::ResumeSweepRequest { sweep_id: id }, t)).await.map(|_| ())
-                }
-                "resumed" => a
-                    .report_resumed(authed(
-                        pb::ReportResumedRequest { worker_id: worker, job_id: job, attempt: 9, step: 3 },
-                        Some(WORKER),
-                    ))
-                    .await
-                    .map(|_| ()),
-                level => {
-                    let record = pb::LogRecord { level: level.into(), message: token_text, ..Default::default() };
-                    let req = pb::ShipLogsRequest {
-                        worker_id: id,
-                        job_id: job,
-                        attempt: 1,
-                        records: vec![record],
-                        dropped: 0,
-                    };
-                    w.ship_logs(authed(req, Some(WORKER))).await.map(|_| ())
-                }
-            }
-        })
-    };
-    let sweep_of_job = s0
-        .clone()
-        .list_sweeps(authed(pb::ListSweepsRequest::default(), Some(ADMIN)))
-        .await?
-        .into_inner()
-        .sweeps
-        .remove(0)
-        .id;
     use Code::{FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated};
     let wrong = "not-the-token-0123456789abcdef";
     let near_admin = format!("{}X", &ADMIN[..ADMIN.len() - 1]);
@@ -639,119 +608,8 @@ async fn every_bad_input_of_the_catalogue_is_refused_by_name_and_changes_nothing
             warning(attempt, "w".repeat(limits::MAX_ERROR_LEN + 1)),
         ),
         case("ReportJobWarning of a stale attempt", FailedPrecondition, "stale", warning(attempt + 2, "w".into())),
-        // Observability: unknown ids, bad page tokens, steering a sweep that is not paused,
-        // logs and resumes of attempts that are not the caller's.
-        case(
-            "GetJob of an unknown job",
-            NotFound,
-            "no job with id \"ghost\"",
-            observe("get_job", "ghost".into(), String::new()),
-        ),
-        case(
-            "ListEvents of an unknown id",
-            NotFound,
-            "no sweep or job",
-            observe("events", "ghost".into(), String::new()),
-        ),
-        case(
-            "FollowEvents of an unknown id",
-            NotFound,
-            "no sweep or job",
-            observe("follow_events", "ghost".into(), String::new()),
-        ),
-        case("ListLogs of an unknown job", NotFound, "no job", observe("logs", "ghost".into(), String::new())),
-        case(
-            "ListEvents with a malformed page token",
-            InvalidArgument,
-            "page_token",
-            observe("events", job.clone(), "e:x".into()),
-        ),
-        case(
-            "ListLogs with another call's page token",
-            InvalidArgument,
-            "page_token",
-            observe("logs", job.clone(), "j:3".into()),
-        ),
-        case(
-            "ListJobs with a negative page token",
-            InvalidArgument,
-            "page_token",
-            observe("jobs_page", sweep_of_job.clone(), "j:-1".into()),
-        ),
-        case(
-            "ListSweeps with a garbage page token",
-            InvalidArgument,
-            "page_token",
-            observe("sweeps_page", String::new(), "🙃".into()),
-        ),
-        case(
-            "ResumeSweep of a sweep that is not paused",
-            FailedPrecondition,
-            "not paused",
-            observe("resume", sweep_of_job.clone(), String::new()),
-        ),
-        case("ResumeSweep of an unknown sweep", NotFound, "no sweep", observe("resume", "ghost".into(), String::new())),
-        case(
-            "ResumeSweep with the worker token",
-            PermissionDenied,
-            "admin token",
-            observe("resume-worker", sweep_of_job.clone(), String::new()),
-        ),
-        case(
-            "ReportResumed of a stale attempt",
-            FailedPrecondition,
-            "stale",
-            observe("resumed", String::new(), String::new()),
-        ),
-        case(
-            "ShipLogs at DEBUG",
-            InvalidArgument,
-            "allowed: ERROR, WARN, INFO",
-            observe("DEBUG", worker.clone(), "m".into()),
-        ),
-        case(
-            "ShipLogs of a 5000-byte message",
-            InvalidArgument,
-            "4096",
-            observe("INFO", worker.clone(), "m".repeat(5000)),
-        ),
-        case(
-            "ShipLogs from a worker that never held the attempt",
-            FailedPrecondition,
-            "never held",
-            observe("INFO", "w-other".into(), "m".into()),
-        ),
-        case("fail_fast = 0", InvalidArgument, "`fail_fast`", toml("fail_fast = 0")),
-        case("fail_fast = -1", InvalidArgument, "`fail_fast`", toml("fail_fast = -1")),
-        case("CompleteJob SUCCEEDED with a diverged_step", InvalidArgument, "diverged_step", {
-            let mut w = w0.clone();
-            let req = pb::CompleteJobRequest {
-                worker_id: worker.clone(),
-                job_id: job.clone(),
-                attempt,
-                state: pb::JobState::Succeeded as i32,
-                diverged_step: Some(3),
-                ..Default::default()
-            };
-            let req = authed(req, Some(WORKER));
-            Box::pin(async move { w.complete_job(req).await.map(|_| ()) })
-        }),
     ];
     let n = cases.len();
     assert!(n >= 50, "the catalogue has {n} inputs");
-    let print = std::env::var_os("BAD_INPUTS_REPORT").is_some();
-    for (i, Case { input, code, needle, call }) in cases.into_iter().enumerate() {
-        let status = call.await.expect_err(&format!("accepted: {input}"));
-        assert_eq!(status.code(), code, "{input}: {status:?}");
-        assert!(status.message().contains(&needle), "{input}: {:?} does not mention {needle:?}", status.message());
-        if print {
-            let mut message: String = status.message().chars().take(160).collect();
-            message = message.replace('|', "\\|").replace('\n', " ");
-            println!("| {} | {} | {:?} | {} |", i + 1, input.replace('|', "\\|"), status.code(), message);
-        }
-    }
-    assert_eq!(c.counts().await?, before, "a refused call changed the database");
-    c.assert_integrity().await?;
-    c.stop().await?;
-    Ok(())
+    refuse_all(c, cases, before, 1).await
 }

@@ -2,6 +2,7 @@
 
 mod artifacts;
 mod catalogue;
+mod catalogue_observe;
 mod devices;
 mod fairness;
 mod fuzz;
