@@ -152,7 +152,7 @@ async fn workers_and_the_coordinator_killed_mid_sweep_lose_and_change_nothing() 
     let mut resumed = 0;
     for job in &jobs {
         assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
-        let curve = helpers::read_curve(&mut sweeps, &job.id.clone()).await?;
+        let curve = crate::curve::read_curve(&mut sweeps, &job.id.clone()).await?;
         let mut got: Curve = curve
             .train_steps
             .iter()

@@ -90,7 +90,7 @@ async fn killed_worker_job_is_requeued_after_ttl_and_finished_elsewhere() -> any
         .expect_err("a stale attempt's heartbeat is rejected");
     assert_eq!(hb.code(), Code::FailedPrecondition);
 
-    let curve = helpers::read_curve(&mut sweeps, &job.id.clone()).await?;
+    let curve = crate::curve::read_curve(&mut sweeps, &job.id.clone()).await?;
     assert_eq!(curve.train_steps, (1..=20).collect::<Vec<_>>());
     assert!(curve.train_losses.iter().all(|l| *l < 10.0), "the rejected 99.0 was not stored");
     assert_eq!(curve.eval_steps, expected_eval_steps(20));
@@ -121,7 +121,7 @@ async fn sigterm_releases_the_lease_without_using_an_attempt() -> anyhow::Result
     assert_eq!(job.state, pb::JobState::Queued as i32, "released back to the queue: {job:?}");
     assert_eq!(job.failures, 0, "a release does not count as a failure");
     // Points reported before the release are kept.
-    let curve = helpers::read_curve(&mut sweeps, &job.id.clone()).await?;
+    let curve = crate::curve::read_curve(&mut sweeps, &job.id.clone()).await?;
     assert!(curve.train_steps.len() >= 3, "{curve:?}");
     coordinator.stop().await
 }
@@ -171,7 +171,7 @@ async fn coordinator_kill_and_restart_mid_sweep_loses_nothing() -> anyhow::Resul
     for job in &jobs {
         let ok = [pb::JobState::Succeeded as i32, pb::JobState::Diverged as i32];
         assert!(ok.contains(&job.state), "{job:?}");
-        let curve = helpers::read_curve(&mut sweeps, &job.id.clone()).await?;
+        let curve = crate::curve::read_curve(&mut sweeps, &job.id.clone()).await?;
         assert_eq!(curve.train_steps, (1..=30).collect::<Vec<_>>(), "each train step once: {}", job.id);
         assert_eq!(curve.eval_steps, expected_eval_steps(30), "each eval once: {}", job.id);
         assert_eq!(job.final_eval_loss, curve.eval_losses.last().copied());

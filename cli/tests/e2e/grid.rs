@@ -41,7 +41,7 @@ async fn default_grid_completes_with_four_workers_each_job_once() -> anyhow::Res
         assert_eq!((job.step, job.total_steps), (STEPS, STEPS));
         used_workers.insert(job.worker.clone());
 
-        let curve = helpers::read_curve(&mut sweeps, &job.id.clone()).await?;
+        let curve = crate::curve::read_curve(&mut sweeps, &job.id.clone()).await?;
         assert_eq!(curve.train_steps, (1..=STEPS).collect::<Vec<_>>(), "train curve of {}", job.id);
         assert_eq!(curve.eval_steps, expected_eval_steps(STEPS), "eval curve of {}", job.id);
         assert_eq!(job.final_eval_loss, curve.eval_losses.last().copied(), "final eval of {}", job.id);

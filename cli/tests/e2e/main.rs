@@ -5,6 +5,8 @@
 mod auth;
 mod bench;
 mod chaos;
+#[path = "../support/curve.rs"]
+mod curve;
 mod demo;
 mod faults;
 mod grid;

@@ -150,7 +150,7 @@ async fn a_killed_candle_worker_resumes_from_its_checkpoint_bit_for_bit() -> any
     // Final eval loss and the whole stored curve equal the fault-free run's, bit for bit.
     let want_final = reference.points.iter().rev().find(|p| p.series == Series::Eval).map(|p| p.loss.to_bits());
     assert_eq!(job.final_eval_loss.map(f64::to_bits), want_final);
-    let curve = helpers::read_curve(&mut sweeps, &job.id.clone()).await?;
+    let curve = crate::curve::read_curve(&mut sweeps, &job.id.clone()).await?;
     let series = |s: Series| -> Vec<(u64, u64)> {
         reference.points.iter().filter(|p| p.series == s).map(|p| (p.step, p.loss.to_bits())).collect()
     };

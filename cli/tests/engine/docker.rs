@@ -268,17 +268,3 @@ pub(crate) async fn open_db(data_dir: &Path) -> anyhow::Result<sqlx::SqlitePool>
     let options = sqlx::sqlite::SqliteConnectOptions::new().filename(data_dir.join("coordinator.db"));
     Ok(sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(options).await?)
 }
-
-/// A job's whole curves: GetCurve's streamed pieces concatenated.
-pub(crate) async fn read_curve(
-    sweeps: &mut lorasweep_proto::pb::sweeps_client::SweepsClient<tonic::transport::Channel>,
-    job_id: &str,
-) -> Result<lorasweep_proto::pb::GetCurveResponse, tonic::Status> {
-    let mut stream =
-        sweeps.get_curve(lorasweep_proto::pb::GetCurveRequest { job_id: job_id.to_string() }).await?.into_inner();
-    let mut curve = lorasweep_proto::pb::GetCurveResponse::default();
-    while let Some(piece) = stream.message().await? {
-        lorasweep_common::convert::append_curve(&mut curve, piece);
-    }
-    Ok(curve)
-}

@@ -13,6 +13,8 @@
 //! removes its containers, networks and volumes when it ends, passed or failed.
 
 mod compose;
+#[path = "../support/curve.rs"]
+mod curve;
 mod docker;
 mod netfs;
 mod partition;

@@ -366,7 +366,7 @@ fn a_slurm_array_binds_gpus_releases_on_scancel_resumes_after_requeue_and_comple
         // Through gRPC: the f64s as stored (a JSON round trip may move the last bit).
         let curve = rt.block_on(async {
             let mut sweeps = pb::sweeps_client::SweepsClient::connect(url.to_string()).await?;
-            anyhow::Ok(crate::docker::read_curve(&mut sweeps, &id.clone()).await?)
+            anyhow::Ok(crate::curve::read_curve(&mut sweeps, &id.clone()).await?)
         })?;
         for (series, steps, losses) in [
             (Series::Train, &curve.train_steps, &curve.train_losses),
