@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, anyhow};
 use lorasweep_common::{JobState, LoraInit};
 use lorasweep_proto::pb;
+use lorasweep_report::{
+    JobResult, Results,
+    plot::{self, Curve},
+};
 
 use crate::{
     client::{self, Client},
-    plot::{self, Curve},
-    results::{JobResult, Results},
     results_render::{self, Format},
 };
 

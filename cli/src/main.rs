@@ -20,8 +20,6 @@ mod cmd_tiny;
 mod cmd_train;
 mod cmd_watch;
 mod output;
-mod plot;
-mod results;
 mod results_render;
 mod shape_model;
 

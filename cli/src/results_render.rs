@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use crate::results::{Cell, Results, fmt_lr};
+use lorasweep_report::{Cell, Results, fmt_lr};
 
 /// Output formats of `lorasweep results`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -179,7 +179,7 @@ mod tests {
     use lorasweep_common::{JobState, LoraInit};
 
     use super::*;
-    use crate::results::JobResult;
+    use lorasweep_report::JobResult;
 
     fn sample() -> Results {
         let mut jobs = Vec::new();

@@ -7,6 +7,9 @@
 //! ListWorkers, ListEvents, FollowEvents, ListLogs, FollowLogs) accept either token: they
 //! change nothing, and a worker operator watching progress should not need the admin secret.
 //!
+//! The **viewer token** (optional) may make the read-only calls and open the dashboard
+//! ([`crate::http`]), and nothing else: for people who watch sweeps but must not steer them.
+//!
 //! With no token configured auth is off; `serve` allows that only on a loopback address (or with
 //! `--insecure`), so local runs and tests stay open while a cluster deployment is closed by
 //! default. A layer (not a tonic interceptor) because the decision depends on the method path,
@@ -81,12 +84,41 @@ pub struct Tokens {
     pub admin: Option<Secret>,
     /// Allows the `Workers` service and the read-only `Sweeps` calls.
     pub worker: Option<Secret>,
+    /// Allows the read-only calls and the dashboard only.
+    pub viewer: Option<Secret>,
+}
+
+/// Which configured token a presented one is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The admin token.
+    Admin,
+    /// The worker token.
+    Worker,
+    /// The viewer token.
+    Viewer,
 }
 
 impl Tokens {
     /// True when no token is configured and every call is let through.
     pub fn is_open(&self) -> bool {
-        self.admin.is_none() && self.worker.is_none()
+        self.admin.is_none() && self.worker.is_none() && self.viewer.is_none()
+    }
+
+    /// The role of `presented`, or `None` when it is no configured token. Every configured token
+    /// is compared (in constant time), so the timing does not tell which one was close.
+    pub fn role_of(&self, presented: &[u8]) -> Option<Role> {
+        let is = |t: &Option<Secret>| t.as_ref().is_some_and(|t| t.matches(presented));
+        let (admin, worker, viewer) = (is(&self.admin), is(&self.worker), is(&self.viewer));
+        if admin {
+            Some(Role::Admin)
+        } else if worker {
+            Some(Role::Worker)
+        } else if viewer {
+            Some(Role::Viewer)
+        } else {
+            None
+        }
     }
 }
 
@@ -153,16 +185,17 @@ fn check(tokens: &Tokens, path: &str, authorization: Option<&[u8]>) -> Result<()
             need.describe()
         ))
     })?;
-    // Both comparisons always run, so the timing does not tell which token was close.
-    let is_admin = tokens.admin.as_ref().is_some_and(|t| t.matches(presented));
-    let is_worker = tokens.worker.as_ref().is_some_and(|t| t.matches(presented));
-    match (is_admin, is_worker, need) {
-        (true, _, _) => Ok(()),
-        (false, true, Need::Worker | Need::Any | Need::Nothing) => Ok(()),
-        (false, true, Need::Admin) => Err(Status::permission_denied(format!(
+    match (tokens.role_of(presented), need) {
+        (Some(Role::Admin), _) => Ok(()),
+        (Some(Role::Worker), Need::Worker | Need::Any | Need::Nothing) => Ok(()),
+        (Some(Role::Worker), Need::Admin) => Err(Status::permission_denied(format!(
             "{method} needs the admin token; the worker token only registers, leases, reports and reads"
         ))),
-        (false, false, _) => {
+        (Some(Role::Viewer), Need::Any | Need::Nothing) => Ok(()),
+        (Some(Role::Viewer), Need::Admin | Need::Worker) => {
+            Err(Status::permission_denied(format!("{method} needs {}; the viewer token only reads", need.describe())))
+        }
+        (None, _) => {
             Err(Status::unauthenticated(format!("{method} needs {}; the token sent is not valid", need.describe())))
         }
     }
@@ -232,9 +265,14 @@ mod tests {
 
     const ADMIN: &str = "admin-0123456789abcdef";
     const WORKER: &str = "worker-0123456789abcdef";
+    const VIEWER: &str = "viewer-0123456789abcdef";
 
     fn tokens() -> Tokens {
-        Tokens { admin: Some(Secret::new(ADMIN, "a").unwrap()), worker: Some(Secret::new(WORKER, "w").unwrap()) }
+        Tokens {
+            admin: Some(Secret::new(ADMIN, "a").unwrap()),
+            worker: Some(Secret::new(WORKER, "w").unwrap()),
+            viewer: Some(Secret::new(VIEWER, "v").unwrap()),
+        }
     }
 
     fn code(path: &str, header: Option<&str>) -> Option<Code> {
@@ -264,6 +302,31 @@ mod tests {
         assert_eq!(code("/grpc.health.v1.Health/Other", None), Some(Code::Unauthenticated));
     }
 
+    #[test]
+    fn the_viewer_token_reads_and_changes_nothing() {
+        let viewer = format!("Bearer {VIEWER}");
+        for path in
+            ["/lorasweep.v1.Sweeps/GetSweep", "/lorasweep.v1.Sweeps/ListJobs", "/lorasweep.v1.Sweeps/FollowLogs"]
+        {
+            assert_eq!(code(path, Some(&viewer)), None, "{path}");
+        }
+        for path in [
+            "/lorasweep.v1.Sweeps/SubmitSweep",
+            "/lorasweep.v1.Sweeps/CancelSweep",
+            "/lorasweep.v1.Sweeps/ResumeSweep",
+            "/lorasweep.v1.Workers/LeaseJob",
+            "/lorasweep.v1.Workers/RegisterWorker",
+            "/lorasweep.v1.Artifacts/UploadArtifact",
+        ] {
+            assert_eq!(code(path, Some(&viewer)), Some(Code::PermissionDenied), "{path}");
+        }
+        let t = tokens();
+        assert_eq!(t.role_of(VIEWER.as_bytes()), Some(Role::Viewer));
+        assert_eq!(t.role_of(WORKER.as_bytes()), Some(Role::Worker));
+        assert_eq!(t.role_of(ADMIN.as_bytes()), Some(Role::Admin));
+        assert_eq!(t.role_of(b"viewer-0123456789abcdeX"), None);
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
 
@@ -277,7 +340,7 @@ mod tests {
             let t = tokens();
             let exact = header.as_deref().is_some_and(|h| {
                 let token = h.strip_prefix(b"Bearer ").or_else(|| h.strip_prefix(b"bearer "));
-                token == Some(ADMIN.as_bytes()) || token == Some(WORKER.as_bytes())
+                token == Some(ADMIN.as_bytes()) || token == Some(WORKER.as_bytes()) || token == Some(VIEWER.as_bytes())
             });
             let passed = check(&t, &path, header.as_deref()).is_ok();
             proptest::prop_assert!(!passed || exact, "header {:?} passed on {}", header, path);

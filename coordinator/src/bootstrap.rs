@@ -17,10 +17,14 @@ use crate::{Cli, Config, Error, Listeners, check_exposure, serve_on};
 /// tokens (before binding), [`Error::Bind`] when an address cannot be bound, and whatever
 /// [`serve_on`] fails with.
 pub async fn run(cli: Cli, on_bound: impl FnOnce(SocketAddr)) -> Result<(), Error> {
-    let (listen, metrics_listen, health_listen) = (cli.listen, cli.metrics_listen, cli.health_listen);
+    let (listen, metrics_listen, health_listen, http_listen) =
+        (cli.listen, cli.metrics_listen, cli.health_listen, cli.http);
     let config = Config::try_from(cli)?;
     // Refuse before binding, so an unsafe address is never even opened; `serve` checks again.
     check_exposure(listen, &config)?;
+    if let Some(addr) = http_listen {
+        crate::http::check_exposure(addr, &config.tokens)?;
+    }
     let listener = bind(listen).await?;
     let metrics = match metrics_listen {
         Some(addr) => Some(bind(addr).await?),
@@ -30,11 +34,18 @@ pub async fn run(cli: Cli, on_bound: impl FnOnce(SocketAddr)) -> Result<(), Erro
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
+    let http = match http_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let bound = listener.local_addr().map_err(|source| Error::Bind { addr: listen, source })?;
+    if let Some(addr) = http.as_ref().and_then(|l| l.local_addr().ok()) {
+        tracing::info!("dashboard at http://{addr}/");
+    }
     on_bound(bound);
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    serve_on(Listeners { grpc: listener, metrics, health }, config, shutdown).await
+    serve_on(Listeners { grpc: listener, metrics, health, http }, config, shutdown).await
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {

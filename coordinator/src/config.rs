@@ -51,6 +51,17 @@ pub struct Cli {
     /// The worker token itself (prefer the file).
     #[arg(long, env = "LORASWEEP_WORKER_TOKEN", hide = true, hide_env_values = true)]
     pub worker_token: Option<String>,
+    /// File holding a read-only viewer token: the read-only calls and the dashboard, nothing
+    /// that changes a sweep. Alternatively set LORASWEEP_VIEWER_TOKEN.
+    #[arg(long, env = "LORASWEEP_VIEWER_TOKEN_FILE")]
+    pub viewer_token_file: Option<PathBuf>,
+    /// The viewer token itself (prefer the file).
+    #[arg(long, env = "LORASWEEP_VIEWER_TOKEN", hide = true, hide_env_values = true)]
+    pub viewer_token: Option<String>,
+    /// Address to serve the read-only web dashboard on (`http://ADDR/`); off if unset. On a
+    /// non-loopback address it needs tokens (a browser logs in with any of them).
+    #[arg(long, env = "LORASWEEP_HTTP_LISTEN")]
+    pub http: Option<SocketAddr>,
     /// Serve without tokens on a non-loopback address: anyone who reaches the port may submit
     /// and take work. Only for a network you trust entirely.
     #[arg(long, env = "LORASWEEP_INSECURE")]
@@ -192,22 +203,33 @@ impl TryFrom<Cli> for Config {
                 "--worker-token-file",
                 "LORASWEEP_WORKER_TOKEN",
             )?,
+            viewer: token(
+                cli.viewer_token_file.as_deref(),
+                cli.viewer_token,
+                "--viewer-token-file",
+                "LORASWEEP_VIEWER_TOKEN",
+            )?,
         };
-        match (&config.tokens.admin, &config.tokens.worker) {
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "a worker token without an admin token leaves SubmitSweep/CancelSweep/RetrySweep unusable; \
-                     give --admin-token-file (or LORASWEEP_ADMIN_TOKEN) too"
-                        .into(),
-                ));
-            }
-            (Some(a), Some(w)) if a == w => {
-                return Err(invalid(
-                    "the admin and worker tokens are identical, which makes every worker an admin; use two tokens"
-                        .into(),
-                ));
-            }
-            _ => {}
+        let t = &config.tokens;
+        if t.admin.is_none() && (t.worker.is_some() || t.viewer.is_some()) {
+            return Err(invalid(
+                "a worker or viewer token without an admin token leaves SubmitSweep/CancelSweep/RetrySweep \
+                 unusable; give --admin-token-file (or LORASWEEP_ADMIN_TOKEN) too"
+                    .into(),
+            ));
+        }
+        let same = |a: &Option<crate::auth::Secret>, b: &Option<crate::auth::Secret>| a.is_some() && a == b;
+        if same(&t.admin, &t.worker) {
+            return Err(invalid(
+                "the admin and worker tokens are identical, which makes every worker an admin; use two tokens".into(),
+            ));
+        }
+        if same(&t.viewer, &t.admin) || same(&t.viewer, &t.worker) {
+            return Err(invalid(
+                "the viewer token equals the admin or worker token, which lets viewers steer sweeps or take work; \
+                 use a token of its own"
+                    .into(),
+            ));
         }
         config.insecure = cli.insecure;
         config.allow_network_fs = cli.allow_network_fs;

@@ -21,6 +21,7 @@
 //! - [`auth`]: the admin and worker bearer tokens, checked in a layer before every call.
 //! - [`limits`]: the size limits of what is accepted.
 //! - [`metrics`]: Prometheus counters and the `/metrics` endpoint.
+//! - [`http`]: the read-only web dashboard (`--http`), rendered from the store.
 //!
 //! The standard gRPC health protocol (`grpc.health.v1.Health`) is served on the main port,
 //! without tokens, and optionally alone on a plaintext port ([`Listeners::health`]).
@@ -32,6 +33,7 @@ pub mod config;
 pub mod data_dir;
 pub mod error;
 mod grpc;
+pub mod http;
 pub mod limits;
 pub mod metrics;
 mod reaper;
@@ -90,6 +92,15 @@ pub struct Listeners {
     pub metrics: Option<TcpListener>,
     /// The gRPC health protocol alone, plaintext and without tokens, for probes.
     pub health: Option<TcpListener>,
+    /// The web dashboard ([`http`]): plain HTTP, behind the tokens when any is configured.
+    pub http: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Only the gRPC listener.
+    pub fn grpc(grpc: TcpListener) -> Self {
+        Self { grpc, metrics: None, health: None, http: None }
+    }
 }
 
 /// [`serve_on`] with only the gRPC listener.
@@ -97,7 +108,7 @@ pub struct Listeners {
 /// # Errors
 /// As [`serve_on`].
 pub async fn serve(listener: TcpListener, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    serve_on(Listeners { grpc: listener, metrics: None, health: None }, config, shutdown).await
+    serve_on(Listeners::grpc(listener), config, shutdown).await
 }
 
 /// [`serve_on`] with the gRPC and metrics listeners.
@@ -110,7 +121,7 @@ pub async fn serve_with_metrics(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    serve_on(Listeners { grpc: listener, metrics, health: None }, config, shutdown).await
+    serve_on(Listeners { metrics, ..Listeners::grpc(listener) }, config, shutdown).await
 }
 
 /// Takes the data directory ([`data_dir`]: local disk, one coordinator), opens the database in it
@@ -126,11 +137,18 @@ pub async fn serve_with_metrics(
 /// [`Error::DataDirLocked`], [`Error::DataDir`], [`Error::Database`] or [`Error::Migrate`] if the
 /// database cannot be opened; [`Error::Transport`] if serving fails.
 pub async fn serve_on(listeners: Listeners, config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let Listeners { grpc: listener, metrics: metrics_listener, health: health_listener } = listeners;
+    let Listeners { grpc: listener, metrics: metrics_listener, health: health_listener, http: http_listener } =
+        listeners;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Unsafe(format!("cannot tell which address the listener is bound to: {e}")))?;
     check_exposure(addr, &config)?;
+    if let Some(l) = &http_listener {
+        let http_addr = l
+            .local_addr()
+            .map_err(|e| Error::Unsafe(format!("cannot tell which address the dashboard is bound to: {e}")))?;
+        http::check_exposure(http_addr, &config.tokens)?;
+    }
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {
         let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
@@ -166,6 +184,9 @@ pub async fn serve_on(listeners: Listeners, config: Config, shutdown: Cancellati
     };
     if let Some(listener) = metrics_listener {
         tracker.spawn(metrics::serve(listener, metrics.clone(), store.clone(), tracker.clone(), stop.clone()));
+    }
+    if let Some(listener) = http_listener {
+        tracker.spawn(http::serve(listener, store.clone(), Arc::new(config.tokens.clone()), stop.clone()));
     }
     if let Some(listener) = health_listener {
         info!(addr = ?listener.local_addr().ok(), "gRPC health serving (plaintext, no tokens)");

@@ -19,7 +19,7 @@ async fn token_protected_coordinator_serves_clients_that_send_their_token() -> a
     let url = format!("http://{}", listener.local_addr()?);
     let mut config = lorasweep_coordinator::Config::new(dir.path().join("data"));
     let secret = |t: &str| Secret::new(t, "test").map_err(anyhow::Error::msg);
-    config.tokens = Tokens { admin: Some(secret(ADMIN)?), worker: Some(secret(WORKER)?) };
+    config.tokens = Tokens { admin: Some(secret(ADMIN)?), worker: Some(secret(WORKER)?), viewer: None };
     let stop = CancellationToken::new();
     let server = tokio::spawn(lorasweep_coordinator::serve(listener, config, stop.clone()));
 

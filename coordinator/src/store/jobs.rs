@@ -296,11 +296,13 @@ impl Store {
                 Box::pin(async move {
                     // Check and write in one statement on the hot path; when it matches nothing,
                     // check_lease explains why (and has written nothing either way).
-                    let done: Option<(String,)> = sqlx::query_as(
+                    // The `jobs_completed` trigger (migration 0006) closes the attempt's row and
+                    // writes the `succeeded`/`diverged` event in this same statement.
+                    let done: Option<(i64,)> = sqlx::query_as(
                         "UPDATE jobs SET state = ?4, final_eval_loss = ?5, tokens = ?6, seconds = ?7, \
                          lease_expires_at = 0, error = ?9, error_kind = ?10, updated_at = ?8 \
                          WHERE id = ?1 AND attempt = ?2 AND worker_id = ?3 AND state = 'running' AND lease_expires_at > ?8 \
-                         RETURNING sweep_id",
+                         RETURNING pk",
                     )
                     .bind(&job_id)
                     .bind(i64::from(attempt))
@@ -314,20 +316,10 @@ impl Store {
                     .bind(error_kind)
                     .fetch_optional(&mut *conn)
                     .await?;
-                    let Some((sweep_id,)) = done else {
+                    if done.is_none() {
                         check_lease(conn, now, &job_id, attempt, Some(&worker_id), false).await?;
                         return Err(Error::Corrupt(format!("job {job_id} passed the lease check but could not complete")));
-                    };
-                    let a = i64::from(attempt);
-                    // The attempt's row was closed by the `jobs_completed` trigger.
-                    let loss = final_eval_loss.map_or("none (no eval ran)".into(), |l| format!("{l:.6}"));
-                    let detail = if error.is_empty() {
-                        format!("final eval loss {loss}")
-                    } else {
-                        format!("{error}; final eval loss {loss}")
-                    };
-                    let kind = if state == JobState::Diverged { "diverged" } else { "succeeded" };
-                    event(conn, now, &sweep_id, Some((&job_id, a, &worker_id)), kind, &detail).await?;
+                    }
                     info!(job_id, attempt, %state, "job finished");
                     Ok(())
                 })

@@ -26,7 +26,7 @@ async fn health_needs_no_token_and_the_health_port_serves_only_health() -> anyho
     config.tokens = tokens();
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(lorasweep_coordinator::serve_on(
-        Listeners { grpc, metrics: None, health: Some(health) },
+        Listeners { health: Some(health), ..Listeners::grpc(grpc) },
         config.clone(),
         shutdown.clone(),
     ));

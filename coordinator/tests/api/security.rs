@@ -24,6 +24,7 @@ pub(crate) fn tokens() -> Tokens {
     Tokens {
         admin: Some(Secret::new(ADMIN, "test").expect("valid test token")),
         worker: Some(Secret::new(WORKER, "test").expect("valid test token")),
+        viewer: None,
     }
 }
 

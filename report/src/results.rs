@@ -15,59 +15,59 @@ use serde::Serialize;
 
 /// The part of a job the tables need.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct JobResult {
-    pub(crate) init: LoraInit,
-    pub(crate) lr: f64,
-    pub(crate) seed: u64,
-    pub(crate) state: JobState,
-    pub(crate) final_eval_loss: Option<f64>,
+pub struct JobResult {
+    pub init: LoraInit,
+    pub lr: f64,
+    pub seed: u64,
+    pub state: JobState,
+    pub final_eval_loss: Option<f64>,
 }
 
 /// One (lr, init) cell of the table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub(crate) struct Cell {
-    pub(crate) init: LoraInit,
-    pub(crate) lr: f64,
+pub struct Cell {
+    pub init: LoraInit,
+    pub lr: f64,
     /// Mean final eval loss over the seeds that have one.
-    pub(crate) mean: Option<f64>,
+    pub mean: Option<f64>,
     /// Sample std over those seeds.
-    pub(crate) std: Option<f64>,
+    pub std: Option<f64>,
     /// Seeds with a value.
-    pub(crate) n: usize,
+    pub n: usize,
     /// Jobs in the cell (seeds in the grid).
-    pub(crate) jobs: usize,
-    pub(crate) diverged: usize,
-    pub(crate) failed: usize,
-    pub(crate) cancelled: usize,
+    pub jobs: usize,
+    pub diverged: usize,
+    pub failed: usize,
+    pub cancelled: usize,
     /// Queued or running.
-    pub(crate) pending: usize,
+    pub pending: usize,
     /// The mean relative to Standard's at the same lr, in percent.
-    pub(crate) vs_standard_pct: Option<f64>,
+    pub vs_standard_pct: Option<f64>,
 }
 
 impl Cell {
     /// Every seed has a value.
-    pub(crate) fn complete(&self) -> bool {
+    pub fn complete(&self) -> bool {
         self.n == self.jobs
     }
 }
 
 /// Both tables and the summaries under them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub(crate) struct Results {
+pub struct Results {
     /// Columns, in the study's order, restricted to the inits present.
-    pub(crate) inits: Vec<LoraInit>,
+    pub inits: Vec<LoraInit>,
     /// Rows, ascending.
-    pub(crate) lrs: Vec<f64>,
+    pub lrs: Vec<f64>,
     /// Row-major: `cells[row * inits.len() + col]`.
-    pub(crate) cells: Vec<Cell>,
+    pub cells: Vec<Cell>,
     /// Per init, the lr with the lowest complete mean (None if no complete cell).
-    pub(crate) best_lr: Vec<(LoraInit, Option<f64>)>,
+    pub best_lr: Vec<(LoraInit, Option<f64>)>,
 }
 
 impl Results {
     /// Computes the tables from a sweep's jobs.
-    pub(crate) fn compute(jobs: &[JobResult]) -> Self {
+    pub fn compute(jobs: &[JobResult]) -> Self {
         let inits: Vec<LoraInit> = LoraInit::ALL.into_iter().filter(|i| jobs.iter().any(|j| j.init == *i)).collect();
         let mut lrs: Vec<f64> = Vec::new();
         for j in jobs {
@@ -114,7 +114,7 @@ impl Results {
     }
 
     /// The cell at (row, col).
-    pub(crate) fn at(&self, row: usize, col: usize) -> &Cell {
+    pub fn at(&self, row: usize, col: usize) -> &Cell {
         &self.cells[row * self.inits.len() + col]
     }
 }
@@ -152,7 +152,7 @@ fn cell<'a>(init: LoraInit, lr: f64, jobs: impl Iterator<Item = &'a JobResult>) 
 }
 
 /// Formats an lr as the study writes it: `1e-4`, `2e-3`, `1e-2`.
-pub(crate) fn fmt_lr(lr: f64) -> String {
+pub fn fmt_lr(lr: f64) -> String {
     let s = format!("{lr:e}");
     match s.split_once('e') {
         Some((m, e)) => format!("{m}e{e}"),

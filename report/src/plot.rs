@@ -3,11 +3,12 @@
 //! study clips them the same way), and eval-loss curves per init at one lr.
 //!
 //! PNG text is rendered with an embedded DejaVu Sans (ab_glyph), so no system font library is
-//! needed; SVG text is left to the viewer's fonts.
+//! needed; SVG text is left to the viewer's fonts. The `svg_*` functions draw the same figures
+//! into a string (the dashboard inlines them), and [`svg_job_curves`] draws one job's train and
+//! eval curves, downsampled to the figure's width.
 
 use std::{path::Path, sync::Once};
 
-use anyhow::Context as _;
 use lorasweep_common::LoraInit;
 use plotters::{
     coord::Shift,
@@ -15,14 +16,20 @@ use plotters::{
     style::{FontStyle, register_font},
 };
 
-use crate::results::{Results, fmt_lr};
+use crate::{
+    Error,
+    downsample::min_max,
+    results::{Results, fmt_lr},
+};
+
+type Result<T> = std::result::Result<T, Error>;
 
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 /// 1200×800 reads well on screen and in a README.
 const SIZE: (u32, u32) = (1200, 800);
 
 /// One colour per init, stable across figures (matplotlib's tab10 order).
-fn colour(init: LoraInit) -> RGBColor {
+pub fn colour(init: LoraInit) -> RGBColor {
     match init {
         LoraInit::Standard => RGBColor(31, 119, 180),
         LoraInit::Reversed => RGBColor(255, 127, 14),
@@ -32,33 +39,32 @@ fn colour(init: LoraInit) -> RGBColor {
     }
 }
 
-fn register() -> anyhow::Result<()> {
+fn register() -> Result<()> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| {
-        result = register_font("sans-serif", FontStyle::Normal, FONT)
-            .map_err(|_| anyhow::anyhow!("the embedded DejaVu Sans font did not load"));
+        result = register_font("sans-serif", FontStyle::Normal, FONT).map_err(|_| Error::Font);
     });
     result
 }
 
 /// A job's eval curve: (micro-batch index, loss).
-pub(crate) type Curve = Vec<(u64, f64)>;
+pub type Curve = Vec<(u64, f64)>;
 
 /// Writes `loss_vs_lr.{png,svg}`, `loss_vs_lr_zoom.{png,svg}` and, when curves are given,
 /// `eval_curves_lr_<lr>.{png,svg}` into `out`. Returns the paths written.
 ///
 /// # Errors
 /// When `out` cannot be written or a figure cannot be drawn.
-pub(crate) fn write_all(
+pub fn write_all(
     results: &Results,
     curves: &[(LoraInit, Vec<Curve>)],
     curves_lr: f64,
     title: &str,
     out: &Path,
-) -> anyhow::Result<Vec<std::path::PathBuf>> {
+) -> Result<Vec<std::path::PathBuf>> {
     register()?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.to_path_buf(), source })?;
     let zoom = zoom_range(results);
     let curve_name = format!("eval_curves_lr_{}", fmt_lr(curves_lr));
     let mut written = Vec::new();
@@ -80,6 +86,93 @@ pub(crate) fn write_all(
         written.push(svg);
     }
     Ok(written)
+}
+
+/// The loss-vs-lr figure as SVG text, `zoomed` or whole, `size` pixels.
+///
+/// # Errors
+/// When the figure cannot be drawn.
+pub fn svg_loss_vs_lr(results: &Results, title: &str, zoomed: bool, size: (u32, u32)) -> Result<String> {
+    let range = if zoomed { zoom_range(results) } else { None };
+    let mut svg = String::new();
+    loss_vs_lr(SVGBackend::with_string(&mut svg, size).into_drawing_area(), results, title, range)?;
+    Ok(svg)
+}
+
+/// The eval curves per init at `lr` as SVG text.
+///
+/// # Errors
+/// When the figure cannot be drawn.
+pub fn svg_eval_curves(curves: &[(LoraInit, Vec<Curve>)], lr: f64, title: &str, size: (u32, u32)) -> Result<String> {
+    let mut svg = String::new();
+    eval_curves(SVGBackend::with_string(&mut svg, size).into_drawing_area(), curves, lr, title)?;
+    Ok(svg)
+}
+
+/// One job's train and eval loss curves as SVG text. Each is reduced to the min and max of every
+/// pixel column ([`min_max`]) first, so a million-point curve costs what the figure's width costs
+/// and a one-step spike still shows. Returns the figure and how many points were drawn.
+///
+/// # Errors
+/// When the figure cannot be drawn.
+pub fn svg_job_curves(
+    train: &[(u64, f64)],
+    eval: &[(u64, f64)],
+    title: &str,
+    size: (u32, u32),
+) -> Result<(String, usize)> {
+    let buckets = size.0 as usize;
+    let train = min_max(train, buckets);
+    let eval = min_max(eval, buckets);
+    let mut svg = String::new();
+    let area = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+    area.fill(&WHITE).map_err(draw_err("the job's curves"))?;
+    let all = train.iter().chain(&eval).filter(|p| p.1.is_finite());
+    let (x_hi, y_lo, y_hi) =
+        all.fold((1u64, f64::INFINITY, f64::NEG_INFINITY), |(x, lo, hi), p| (x.max(p.0), lo.min(p.1), hi.max(p.1)));
+    let (y_lo, y_hi) = if y_lo.is_finite() {
+        (y_lo - 0.02 * (y_hi - y_lo + 0.1), y_hi + 0.02 * (y_hi - y_lo + 0.1))
+    } else {
+        (0.0, 1.0)
+    };
+    let mut chart = ChartBuilder::on(&area)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0u64..x_hi, y_lo..y_hi)
+        .map_err(draw_err("the job's curves"))?;
+    chart
+        .configure_mesh()
+        .x_desc("micro-batch")
+        .y_desc("loss")
+        .y_label_formatter(&|y| format!("{y:.3}"))
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(draw_err("the job's curves"))?;
+    for (name, points, c) in [("train", &train, RGBColor(31, 119, 180)), ("eval", &eval, RGBColor(214, 39, 40))] {
+        if points.is_empty() {
+            continue;
+        }
+        chart
+            .draw_series(LineSeries::new(points.iter().copied().filter(|p| p.1.is_finite()), c.stroke_width(2)))
+            .map_err(draw_err("the job's curves"))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+    }
+    if !(train.is_empty() && eval.is_empty()) {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .draw()
+            .map_err(draw_err("the job's curves"))?;
+    }
+    area.present().map_err(draw_err("the job's curves"))?;
+    drop(chart);
+    drop(area);
+    Ok((svg, train.len() + eval.len()))
 }
 
 /// The zoomed y range: from the lowest mean to a little above the highest mean that is not an
@@ -107,11 +200,11 @@ fn loss_vs_lr<DB: DrawingBackend>(
     r: &Results,
     title: &str,
     y_range: Option<(f64, f64)>,
-) -> anyhow::Result<()>
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
-    area.fill(&WHITE).map_err(draw_err)?;
+    area.fill(&WHITE).map_err(draw_err("the loss-vs-lr figure"))?;
     let (x_lo, x_hi) = match (r.lrs.first(), r.lrs.last()) {
         (Some(lo), Some(hi)) => (lo / 1.5, hi * 1.5),
         _ => (1e-4, 1e-2),
@@ -131,7 +224,7 @@ where
         .x_label_area_size(50)
         .y_label_area_size(80)
         .build_cartesian_2d((x_lo..x_hi).log_scale(), y_lo..y_hi)
-        .map_err(draw_err)?;
+        .map_err(draw_err("the loss-vs-lr figure"))?;
     chart
         .configure_mesh()
         .x_desc("learning rate")
@@ -140,7 +233,7 @@ where
         .y_label_formatter(&|y| format!("{y:.3}"))
         .label_style(("sans-serif", 18))
         .draw()
-        .map_err(draw_err)?;
+        .map_err(draw_err("the loss-vs-lr figure"))?;
     for (col, &init) in r.inits.iter().enumerate() {
         let c = colour(init);
         let points: Vec<(f64, f64, f64)> = (0..r.lrs.len())
@@ -152,13 +245,15 @@ where
             .collect();
         chart
             .draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1)), c.stroke_width(3)))
-            .map_err(draw_err)?
+            .map_err(draw_err("the loss-vs-lr figure"))?
             .label(init.title())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
         chart
             .draw_series(points.iter().map(|&(x, m, s)| ErrorBar::new_vertical(x, m - s, m, m + s, c.filled(), 10)))
-            .map_err(draw_err)?;
-        chart.draw_series(points.iter().map(|&(x, m, _)| Circle::new((x, m), 5, c.filled()))).map_err(draw_err)?;
+            .map_err(draw_err("the loss-vs-lr figure"))?;
+        chart
+            .draw_series(points.iter().map(|&(x, m, _)| Circle::new((x, m), 5, c.filled())))
+            .map_err(draw_err("the loss-vs-lr figure"))?;
     }
     chart
         .configure_series_labels()
@@ -167,8 +262,8 @@ where
         .label_font(("sans-serif", 18))
         .position(SeriesLabelPosition::UpperLeft)
         .draw()
-        .map_err(draw_err)?;
-    area.present().map_err(draw_err)?;
+        .map_err(draw_err("the loss-vs-lr figure"))?;
+    area.present().map_err(draw_err("the loss-vs-lr figure"))?;
     Ok(())
 }
 
@@ -177,11 +272,11 @@ fn eval_curves<DB: DrawingBackend>(
     curves: &[(LoraInit, Vec<Curve>)],
     lr: f64,
     title: &str,
-) -> anyhow::Result<()>
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
-    area.fill(&WHITE).map_err(draw_err)?;
+    area.fill(&WHITE).map_err(draw_err("the eval-curves figure"))?;
     let all = curves.iter().flat_map(|(_, cs)| cs.iter().flatten()).filter(|p| p.1.is_finite());
     let (x_hi, y_lo, y_hi) =
         all.fold((1u64, f64::INFINITY, f64::NEG_INFINITY), |(x, lo, hi), p| (x.max(p.0), lo.min(p.1), hi.max(p.1)));
@@ -196,7 +291,7 @@ where
         .x_label_area_size(50)
         .y_label_area_size(80)
         .build_cartesian_2d(0u64..x_hi, y_lo..y_hi)
-        .map_err(draw_err)?;
+        .map_err(draw_err("the eval-curves figure"))?;
     chart
         .configure_mesh()
         .x_desc("micro-batch")
@@ -204,13 +299,13 @@ where
         .y_label_formatter(&|y| format!("{y:.3}"))
         .label_style(("sans-serif", 18))
         .draw()
-        .map_err(draw_err)?;
+        .map_err(draw_err("the eval-curves figure"))?;
     for (init, seeds) in curves {
         let c = colour(*init);
         for (k, curve) in seeds.iter().enumerate() {
             let series = chart
                 .draw_series(LineSeries::new(curve.iter().copied().filter(|p| p.1.is_finite()), c.stroke_width(2)))
-                .map_err(draw_err)?;
+                .map_err(draw_err("the eval-curves figure"))?;
             if k == 0 {
                 series
                     .label(init.title())
@@ -224,13 +319,15 @@ where
         .border_style(BLACK)
         .label_font(("sans-serif", 18))
         .draw()
-        .map_err(draw_err)?;
-    area.present().map_err(draw_err)?;
+        .map_err(draw_err("the eval-curves figure"))?;
+    area.present().map_err(draw_err("the eval-curves figure"))?;
     Ok(())
 }
 
-fn draw_err<E: std::error::Error + Send + Sync + 'static>(e: DrawingAreaErrorKind<E>) -> anyhow::Error {
-    anyhow::anyhow!("drawing failed: {e}")
+fn draw_err<E: std::error::Error + Send + Sync + 'static>(
+    what: &str,
+) -> impl Fn(DrawingAreaErrorKind<E>) -> Error + '_ {
+    move |e| Error::Draw { what: what.to_string(), cause: e.to_string() }
 }
 
 #[cfg(test)]
@@ -241,7 +338,7 @@ mod tests {
     use crate::results::JobResult;
 
     #[test]
-    fn writes_png_and_svg_that_decode() -> anyhow::Result<()> {
+    fn writes_png_and_svg_that_decode() -> std::result::Result<(), Box<dyn std::error::Error>> {
         let mut jobs = Vec::new();
         for init in [LoraInit::Standard, LoraInit::Reversed] {
             for lr in [1e-4, 1e-3, 1e-2] {
