@@ -93,6 +93,7 @@ pub fn write_all(
 /// # Errors
 /// When the figure cannot be drawn.
 pub fn svg_loss_vs_lr(results: &Results, title: &str, zoomed: bool, size: (u32, u32)) -> Result<String> {
+    register()?;
     let range = if zoomed { zoom_range(results) } else { None };
     let mut svg = String::new();
     loss_vs_lr(SVGBackend::with_string(&mut svg, size).into_drawing_area(), results, title, range)?;
@@ -104,6 +105,7 @@ pub fn svg_loss_vs_lr(results: &Results, title: &str, zoomed: bool, size: (u32, 
 /// # Errors
 /// When the figure cannot be drawn.
 pub fn svg_eval_curves(curves: &[(LoraInit, Vec<Curve>)], lr: f64, title: &str, size: (u32, u32)) -> Result<String> {
+    register()?;
     let mut svg = String::new();
     eval_curves(SVGBackend::with_string(&mut svg, size).into_drawing_area(), curves, lr, title)?;
     Ok(svg)
@@ -121,6 +123,7 @@ pub fn svg_job_curves(
     title: &str,
     size: (u32, u32),
 ) -> Result<(String, usize)> {
+    register()?;
     let buckets = size.0 as usize;
     let train = min_max(train, buckets);
     let eval = min_max(eval, buckets);
@@ -370,6 +373,25 @@ mod tests {
                 assert!(text.contains("<svg") && text.contains("Standard"), "{}", p.display());
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn svg_text_figures_draw_and_a_long_curve_is_reduced() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let train: Vec<(u64, f64)> = (0..1_000_000u64).map(|i| (i, 3.0 - i as f64 * 1e-6)).collect();
+        let eval: Vec<(u64, f64)> = (0..100u64).map(|i| (i * 10_000, 2.5)).collect();
+        let (svg, drawn) = svg_job_curves(&train, &eval, "a <job>", (900, 560))?;
+        assert!(svg.starts_with("<svg") && svg.contains("a &lt;job&gt;"), "escaped title");
+        assert!(drawn <= 2 * 900 + 100, "{drawn} points drawn");
+        let r = Results::compute(&[JobResult {
+            init: LoraInit::Standard,
+            lr: 1e-3,
+            seed: 0,
+            state: lorasweep_common::JobState::Succeeded,
+            final_eval_loss: Some(2.0),
+        }]);
+        assert!(svg_loss_vs_lr(&r, "t", true, (900, 560))?.contains("Standard"));
+        assert!(svg_eval_curves(&[(LoraInit::Standard, vec![eval])], 1e-3, "t", (900, 560))?.contains("<svg"));
         Ok(())
     }
 }

@@ -72,6 +72,38 @@ pub(crate) async fn spawn_configured(
     configure: impl FnOnce(&mut Config),
     metrics: Option<tokio::net::TcpListener>,
 ) -> anyhow::Result<TestCoordinator> {
+    spawn_serving(dir, clock, max_attempts, reap_interval, configure, metrics, None).await
+}
+
+/// Starts a coordinator with the test defaults and `configure`, serving the dashboard on a
+/// fresh loopback port; returns it and the dashboard's address.
+pub(crate) async fn spawn_with_dashboard(
+    configure: impl FnOnce(&mut Config),
+) -> anyhow::Result<(TestCoordinator, std::net::SocketAddr)> {
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = http.local_addr()?;
+    let c = spawn_serving(
+        TempDir::new()?,
+        ManualClock::new(1_700_000_000_000),
+        3,
+        Duration::from_millis(20),
+        configure,
+        None,
+        Some(http),
+    )
+    .await?;
+    Ok((c, addr))
+}
+
+async fn spawn_serving(
+    dir: TempDir,
+    clock: ManualClock,
+    max_attempts: u32,
+    reap_interval: Duration,
+    configure: impl FnOnce(&mut Config),
+    metrics: Option<tokio::net::TcpListener>,
+    http: Option<tokio::net::TcpListener>,
+) -> anyhow::Result<TestCoordinator> {
     init_tracing();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -83,7 +115,9 @@ pub(crate) async fn spawn_configured(
     config.clock = std::sync::Arc::new(clock.clone());
     configure(&mut config);
     let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(lorasweep_coordinator::serve_with_metrics(listener, metrics, config, shutdown.clone()));
+    let listeners =
+        lorasweep_coordinator::Listeners { metrics, http, ..lorasweep_coordinator::Listeners::grpc(listener) };
+    let handle = tokio::spawn(lorasweep_coordinator::serve_on(listeners, config, shutdown.clone()));
     // The listener is bound already, so connecting cannot race the server's start.
     let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await.context("connecting")?;
     Ok(TestCoordinator {

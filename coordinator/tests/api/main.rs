@@ -3,6 +3,7 @@
 mod artifacts;
 mod catalogue;
 mod catalogue_observe;
+mod dashboard;
 mod devices;
 mod fairness;
 mod fuzz;
