@@ -45,6 +45,10 @@ pub(crate) struct DemoArgs {
     /// Run the synthetic trainer instead of candle (orchestration only, no model).
     #[arg(long)]
     pub(crate) synthetic: bool,
+    /// Where the dashboard listens while the demo runs (port 0: any free port; the URL is
+    /// printed). Loopback only: the demo configures no tokens.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub(crate) http: std::net::SocketAddr,
 }
 
 /// Block length of the demo: short enough for a CPU, long enough for attention to matter.
@@ -115,7 +119,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding a local port")?;
     let url = format!("http://{}", listener.local_addr().context("reading the bound address")?);
     let config = lorasweep_coordinator::Config::new(out.join("coordinator"));
-    tracker.spawn(lorasweep_coordinator::serve(listener, config, shutdown.child_token()));
+    lorasweep_coordinator::http::check_exposure(args.http, &config.tokens)?;
+    let http =
+        tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("binding --http {}", args.http))?;
+    eprintln!("      dashboard: http://{}/", http.local_addr().context("reading the dashboard address")?);
+    let listeners =
+        lorasweep_coordinator::Listeners { http: Some(http), ..lorasweep_coordinator::Listeners::grpc(listener) };
+    tracker.spawn(lorasweep_coordinator::serve_on(listeners, config, shutdown.child_token()));
     for i in 0..args.workers {
         let worker_args = lorasweep_worker::WorkerArgs {
             name: Some(format!("demo-{i}")),

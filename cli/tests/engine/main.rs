@@ -12,6 +12,7 @@
 //! so the fault timings do not compete for the two CPUs, and owns a [`docker::Scope`] that
 //! removes its containers, networks and volumes when it ends, passed or failed.
 
+mod browser;
 mod compose;
 #[path = "../support/curve.rs"]
 mod curve;
