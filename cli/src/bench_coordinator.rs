@@ -92,6 +92,14 @@ impl InProcess {
     pub(crate) async fn start(
         configure: impl FnOnce(&mut lorasweep_coordinator::Config),
     ) -> anyhow::Result<(Self, Duration)> {
+        Self::start_serving(configure, None).await
+    }
+
+    /// [`InProcess::start`], also serving the dashboard on `http`.
+    pub(crate) async fn start_serving(
+        configure: impl FnOnce(&mut lorasweep_coordinator::Config),
+        http: Option<tokio::net::TcpListener>,
+    ) -> anyhow::Result<(Self, Duration)> {
         let dir = std::env::temp_dir().join(format!("lorasweep-bench-{}-{}", std::process::id(), now_nanos()));
         let started = Instant::now();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -99,7 +107,8 @@ impl InProcess {
         let mut config = lorasweep_coordinator::Config::new(&dir);
         configure(&mut config);
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(lorasweep_coordinator::serve(listener, config, shutdown.clone()));
+        let listeners = lorasweep_coordinator::Listeners { http, ..lorasweep_coordinator::Listeners::grpc(listener) };
+        let server = tokio::spawn(lorasweep_coordinator::serve_on(listeners, config, shutdown.clone()));
         let mut probe = SweepsClient::new(Channel::from_shared(url.clone())?.connect().await?);
         loop {
             if probe.list_sweeps(pb::ListSweepsRequest::default()).await.is_ok() {

@@ -3,6 +3,7 @@
 
 mod bench_checkpoint;
 mod bench_coordinator;
+mod bench_dashboard;
 mod bench_logs;
 mod bench_switch;
 mod client;
@@ -122,6 +123,8 @@ enum BenchCommand {
     Checkpoint(bench_checkpoint::BenchCheckpointArgs),
     /// What shipping a job's log records to the coordinator costs a tiny training step.
     LogShipping(bench_logs::BenchLogsArgs),
+    /// What the web dashboard costs: page renders and open pages following a sweep.
+    Dashboard(bench_dashboard::BenchDashboardArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -188,6 +191,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { which: BenchCommand::JobSwitch(args) } => bench_switch::run(args),
         Command::Bench { which: BenchCommand::Checkpoint(args) } => rt()?.block_on(bench_checkpoint::run(args)),
         Command::Bench { which: BenchCommand::LogShipping(args) } => rt()?.block_on(bench_logs::run(args)),
+        Command::Bench { which: BenchCommand::Dashboard(args) } => rt()?.block_on(bench_dashboard::run(args)),
         Command::Train(args) => cmd_train::run(args),
         Command::Generate(args) => cmd_generate::run(args),
         Command::MakeTinyModel(args) => cmd_tiny::run_model(args),

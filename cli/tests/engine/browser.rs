@@ -221,6 +221,12 @@ fn the_sweep_page_in_a_real_browser_matches_results_and_updates_live() -> anyhow
     let title = driver.call("GET", "/title", None)?;
     ensure!(title.as_str().is_some_and(|t| t.contains("browser demo")), "page title {title}");
 
+    // The figures (separate SVGs) loaded.
+    let images = driver
+        .script("return Array.from(document.images).map(function(i){return i.complete && i.naturalWidth > 0;});")?;
+    let images = images.as_array().context("no image list")?;
+    ensure!(images.len() == 3 && images.iter().all(|i| i.as_bool() == Some(true)), "figures loaded: {images:?}");
+
     // The rendered tables equal `lorasweep results --format json`.
     let out = Command::new(env!("CARGO_BIN_EXE_lorasweep"))
         .args(["--coordinator", &grpc_url, "results", &sweep_id, "--format", "json"])

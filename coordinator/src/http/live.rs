@@ -29,27 +29,45 @@ pub(crate) const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// At most this many URLs are cached (a bound: query strings are the client's choice).
 const MAX_ENTRIES: usize = 256;
 
-/// Renders by URL: (store version, rendered at, body).
+/// Renders by URL: (store version, rendered at, body); and one lock per URL being rendered, so
+/// the fifty pages that all fetch right after the same change wait for one render instead of
+/// making fifty.
 #[derive(Debug, Default)]
-pub(crate) struct Cache(Mutex<HashMap<String, (u64, Instant, Arc<String>)>>);
+pub(crate) struct Cache {
+    renders: Mutex<HashMap<String, (u64, Instant, Arc<String>)>>,
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
 
 impl Cache {
+    fn cached(&self, key: &str, version: u64) -> Option<Arc<String>> {
+        let map = self.renders.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(key).filter(|(v, at, _)| *v == version || at.elapsed() < MIN_INTERVAL).map(|(_, _, b)| b.clone())
+    }
+
     /// The cached render of `key` if it is of the current store `version` or younger than
-    /// [`MIN_INTERVAL`]; otherwise runs `render` and caches what it returns.
+    /// [`MIN_INTERVAL`]; otherwise runs `render` (once, however many ask at the same time) and
+    /// caches what it returns.
     pub(crate) async fn get_or_render<F, E>(&self, key: String, version: u64, render: F) -> Result<Arc<String>, E>
     where
         F: Future<Output = Result<String, E>>,
     {
-        {
-            let map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some((v, at, body)) = map.get(&key)
-                && (*v == version || at.elapsed() < MIN_INTERVAL)
-            {
-                return Ok(body.clone());
+        if let Some(body) = self.cached(&key, version) {
+            return Ok(body);
+        }
+        let lock = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if in_flight.len() >= MAX_ENTRIES {
+                in_flight.retain(|_, l| Arc::strong_count(l) > 1);
             }
+            in_flight.entry(key.clone()).or_default().clone()
+        };
+        let _rendering = lock.lock().await;
+        // Whoever held the lock before may have just rendered it.
+        if let Some(body) = self.cached(&key, version) {
+            return Ok(body);
         }
         let body = Arc::new(render.await?);
-        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self.renders.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if map.len() >= MAX_ENTRIES {
             map.retain(|_, (_, at, _)| at.elapsed() < MIN_INTERVAL);
             if map.len() >= MAX_ENTRIES {

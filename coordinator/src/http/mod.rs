@@ -13,8 +13,10 @@
 //! - [`pages`]: the three pages.
 //! - [`live`]: the change stream and the per-page render cache that lets many open pages share
 //!   one render.
+//! - [`figures`]: the SVG figures, served by content hash so browsers fetch each once.
 //! - [`html`]: escaping and the page frame.
 
+mod figures;
 mod html;
 mod live;
 mod login;
@@ -41,6 +43,7 @@ pub(crate) struct App {
     pub(crate) tokens: Arc<Tokens>,
     pub(crate) sessions: Arc<login::Sessions>,
     pub(crate) cache: Arc<live::Cache>,
+    pub(crate) figures: Arc<figures::Figures>,
     pub(crate) stop: CancellationToken,
 }
 
@@ -66,6 +69,7 @@ fn router(app: App) -> Router {
         .route("/sweeps/{id}", get(pages::sweep))
         .route("/jobs/{id}", get(pages::job))
         .route("/live", get(live::stream))
+        .route("/figures/{name}", get(figures::serve))
         .route("/logout", post(login::logout))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), login::require))
         .route("/login", get(login::form).post(login::submit))
@@ -81,6 +85,7 @@ pub(crate) async fn serve(listener: TcpListener, store: Store, tokens: Arc<Token
         tokens: tokens.clone(),
         sessions: Arc::new(login::Sessions::default()),
         cache: Arc::new(live::Cache::default()),
+        figures: Arc::new(figures::Figures::default()),
         stop: stop.clone(),
     };
     info!(?addr, auth = if tokens.is_open() { "off" } else { "tokens" }, "dashboard serving over http");

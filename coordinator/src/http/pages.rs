@@ -3,7 +3,7 @@
 //! events, logs). With `?fragment=1` a page answers only its `<main>` content, which is what
 //! the live script fetches.
 
-use std::{collections::HashMap, fmt::Write as _};
+use std::{collections::HashMap, fmt::Write as _, sync::Arc};
 
 use axum::{
     extract::{Path, Query, State},
@@ -14,7 +14,7 @@ use lorasweep_common::{JobState, LoraInit, Series};
 use lorasweep_report::{JobResult, Results, fmt_lr, plot};
 use serde::Deserialize;
 
-use super::{App, error_page, html, html::esc, login};
+use super::{App, error_page, figures::Figures, html, html::esc, login};
 use crate::{
     error::Result,
     store::{
@@ -94,12 +94,17 @@ pub(crate) async fn sweep(
     Path(id): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    let title = match app.store.get_sweep(&id).await {
-        Ok(s) => format!("Sweep {}", s.sweep.name),
-        Err(e) => return error_page(&e),
+    // The title needs the name; a fragment (the live script's fetch) has no title.
+    let title = if q.fragment() {
+        String::new()
+    } else {
+        match app.store.get_sweep(&id).await {
+            Ok(s) => format!("Sweep {}", s.sweep.name),
+            Err(e) => return error_page(&e),
+        }
     };
     let cache_key = key(&format!("/sweeps/{id}"), &q);
-    let render = render_sweep(app.store.clone(), id, &q);
+    let render = render_sweep(app.store.clone(), app.figures.clone(), id, &q);
     respond(&app, &headers, cache_key, title, &q, render).await
 }
 
@@ -111,7 +116,7 @@ pub(crate) async fn job(
     Query(q): Query<PageQuery>,
 ) -> Response {
     let cache_key = key(&format!("/jobs/{id}"), &q);
-    let render = render_job(app.store.clone(), id.clone());
+    let render = render_job(app.store.clone(), app.figures.clone(), id.clone());
     respond(&app, &headers, cache_key, format!("Job {id}"), &q, render).await
 }
 
@@ -414,7 +419,7 @@ async fn recent_events(store: &Store, scope: &Scope, limit: u32) -> Result<Vec<E
     Ok(all.split_off(skip))
 }
 
-async fn render_sweep(store: Store, id: String, q: &PageQuery) -> Result<String> {
+async fn render_sweep(store: Store, figures: Arc<Figures>, id: String, q: &PageQuery) -> Result<String> {
     let summary = store.get_sweep(&id).await?;
     let jobs = all_jobs(&store, &id).await?;
     let workers = store.list_workers().await?;
@@ -448,7 +453,8 @@ async fn render_sweep(store: Store, id: String, q: &PageQuery) -> Result<String>
         out.push_str("<h2>Figures</h2><div class=figs>");
         for zoomed in [false, true] {
             let svg = plot::svg_loss_vs_lr(&results, &s.name, zoomed, FIGURE).map_err(figure_error)?;
-            out.push_str(&svg);
+            let alt = if zoomed { "final eval loss vs lr, zoomed" } else { "final eval loss vs lr" };
+            out.push_str(&figures.img(svg, alt));
         }
         out.push_str("</div>");
         // The eval curves at one lr: the one asked for, else Standard's best, else the first.
@@ -482,7 +488,8 @@ async fn render_sweep(store: Store, id: String, q: &PageQuery) -> Result<String>
                 curves.push((*init, seeds));
             }
         }
-        out.push_str(&plot::svg_eval_curves(&curves, lr, &s.name, FIGURE).map_err(figure_error)?);
+        let svg = plot::svg_eval_curves(&curves, lr, &s.name, FIGURE).map_err(figure_error)?;
+        out.push_str(&figures.img(svg, "eval loss during training per init"));
         out.push_str("</div>");
     }
     out.push_str(&jobs_table(&id, &jobs, &names, q));
@@ -526,7 +533,7 @@ fn figure_error(e: lorasweep_report::Error) -> crate::Error {
     crate::Error::Corrupt(format!("a figure could not be drawn: {e}"))
 }
 
-async fn render_job(store: Store, id: String) -> Result<String> {
+async fn render_job(store: Store, figures: Arc<Figures>, id: String) -> Result<String> {
     let detail = store.get_job(&id).await?;
     let j = &detail.job;
     let pk = store.job_pk(&id).await?;
@@ -559,9 +566,10 @@ async fn render_job(store: Store, id: String) -> Result<String> {
     let _ = write!(
         out,
         "<h2>Curves</h2><p class=muted id=points>{} train and {} eval points stored; {drawn} drawn (min and max per \
-         pixel column, so spikes stay visible)</p><div class=figs>{svg}</div>",
+         pixel column, so spikes stay visible)</p><div class=figs>{}</div>",
         train.len(),
-        eval.len()
+        eval.len(),
+        figures.img(svg, "train and eval loss"),
     );
     out.push_str(
         "<h2>Attempts</h2><table id=attempts><tr><th>attempt</th><th class=l>worker</th><th class=l>device</th>\

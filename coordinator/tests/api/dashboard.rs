@@ -124,7 +124,18 @@ async fn every_page_shows_a_mixed_sweep_and_escapes_what_users_wrote() -> anyhow
         assert!(page.contains(&format!("data-job=\"{}\" data-state=\"{state}\"", lease.job_id)), "{state} row");
     }
     assert!(page.contains("model not found: &lt;b&gt;"), "the failed job's error, escaped");
-    assert!(page.matches("<svg").count() >= 3, "loss vs lr, zoomed, eval curves");
+    // Figures are separate, content-named SVGs: loss vs lr, zoomed, eval curves.
+    let figures: Vec<&str> = page.split("<img src=\"/figures/").skip(1).filter_map(|s| s.split('"').next()).collect();
+    assert_eq!(figures.len(), 3, "three figures");
+    let (head, svg) = get(addr, &format!("/figures/{}", figures[0])).await?;
+    assert_eq!(status(&head), 200);
+    assert_eq!(header(&head, "content-type"), Some("image/svg+xml"));
+    assert!(header(&head, "cache-control").is_some_and(|c| c.contains("immutable")));
+    assert!(
+        svg.starts_with("<svg") && svg.contains("&lt;script&gt;") && !svg.contains(XSS),
+        "the figure escapes the title"
+    );
+    assert_eq!(status(&get(addr, "/figures/0000000000000000.svg").await?.0), 404);
     assert!(page.contains("<script>") && page.contains("EventSource"), "the live script");
     assert!(page.contains("worker &lt;script&gt;"), "the workers table, escaped");
 
@@ -144,6 +155,7 @@ async fn every_page_shows_a_mixed_sweep_and_escapes_what_users_wrote() -> anyhow
     let (head, job) = get(addr, &format!("/jobs/{}", leases[0].job_id)).await?;
     assert_eq!(status(&head), 200);
     assert!(job.contains("id=state>succeeded") && job.contains("50 train and 0 eval points stored"), "{job}");
+    assert!(job.contains("<img src=\"/figures/"), "the job's curves");
     assert!(
         job.contains("id=attempts") && job.contains("leased") && job.contains("final eval loss 2.250000"),
         "events"
