@@ -198,9 +198,9 @@ async fn phases(url: &str, addr: SocketAddr, args: &BenchDashboardArgs) -> anyho
         .report_points(tokio_stream::iter(points(&long.job_id, long.attempt, 1, args.curve_points, pb::Series::Train)))
         .await?;
     let mut times = Vec::new();
-    for i in 0..5 {
+    for sort in &sorts[..5] {
         let t = Instant::now();
-        let (code, body) = get(addr, &format!("/jobs/{}?sort={}", long.job_id, sorts[i])).await?;
+        let (code, body) = get(addr, &format!("/jobs/{}?sort={sort}", long.job_id)).await?;
         times.push(t.elapsed());
         ensure!(code == 200 && body.contains(&format!("{} train", args.curve_points)), "the job page answered {code}");
     }

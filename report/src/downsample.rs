@@ -3,6 +3,9 @@
 //! point) would hide a one-step spike, which is the thing a person looks for in a loss curve;
 //! min/max keeps it and bounds the points drawn at 2 × `buckets`.
 
+/// A bucket being filled: its index, its lowest and its highest point.
+type Bucket = (usize, (u64, f64), (u64, f64));
+
 /// The min and max point of each of `buckets` equal x ranges, in x order; the curve itself when
 /// it has no more than 2 × `buckets` points. Non-finite losses are skipped (figures skip them).
 /// `points` must be sorted by x (curves are stored in step order).
@@ -16,8 +19,8 @@ pub fn min_max(points: &[(u64, f64)], buckets: usize) -> Vec<(u64, f64)> {
     let span = (x1 - x0).max(1) as u128 + 1;
     let bucket_of = |x: u64| ((u128::from(x - x0) * buckets as u128) / span) as usize;
     let mut out = Vec::with_capacity(2 * buckets);
-    let mut current: Option<(usize, (u64, f64), (u64, f64))> = None;
-    let flush = |b: Option<(usize, (u64, f64), (u64, f64))>, out: &mut Vec<(u64, f64)>| {
+    let mut current: Option<Bucket> = None;
+    let flush = |b: Option<Bucket>, out: &mut Vec<(u64, f64)>| {
         if let Some((_, lo, hi)) = b {
             let (first, second) = if lo.0 <= hi.0 { (lo, hi) } else { (hi, lo) };
             out.push(first);

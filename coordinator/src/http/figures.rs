@@ -24,7 +24,10 @@ const KEEP: usize = 256;
 
 /// Rendered figures by name.
 #[derive(Debug, Default)]
-pub(crate) struct Figures(Mutex<(HashMap<String, Arc<String>>, VecDeque<String>)>);
+pub(crate) struct Figures(Mutex<Kept>);
+
+/// The figures by name, and their names oldest first.
+type Kept = (HashMap<String, Arc<String>>, VecDeque<String>);
 
 impl Figures {
     /// Keeps `svg` and returns the `<img>` that shows it.

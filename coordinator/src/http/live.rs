@@ -29,12 +29,15 @@ pub(crate) const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// At most this many URLs are cached (a bound: query strings are the client's choice).
 const MAX_ENTRIES: usize = 256;
 
+/// A cached render: the store version it was made at, when, and the body.
+type Render = (u64, Instant, Arc<String>);
+
 /// Renders by URL: (store version, rendered at, body); and one lock per URL being rendered, so
 /// the fifty pages that all fetch right after the same change wait for one render instead of
 /// making fifty.
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
-    renders: Mutex<HashMap<String, (u64, Instant, Arc<String>)>>,
+    renders: Mutex<HashMap<String, Render>>,
     in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 

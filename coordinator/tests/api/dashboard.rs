@@ -56,7 +56,7 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 /// failed (its error holds markup too), one running with points.
 async fn mixed_sweep(c: &mut TestCoordinator) -> anyhow::Result<(String, Vec<pb::Lease>)> {
     let toml =
-        format!("name = {:?}\n[grid]\ninits = [\"standard\", \"reversed\"]\nlrs = [1e-4, 1e-3]\nseeds = [0]\n", XSS);
+        format!("name = {XSS:?}\n[grid]\ninits = [\"standard\", \"reversed\"]\nlrs = [1e-4, 1e-3]\nseeds = [0]\n");
     let sweep = c.submit(&toml).await?;
     let w = c.register(&format!("worker {XSS}")).await?;
     let ok = c.lease(&w).await?;
@@ -194,7 +194,7 @@ async fn the_live_stream_says_when_something_changed() -> anyhow::Result<()> {
         }
         head.push(line);
     }
-    assert!(head.iter().any(|h| h.to_ascii_lowercase() == "content-type: text/event-stream"), "{head:?}");
+    assert!(head.iter().any(|h| h.eq_ignore_ascii_case("content-type: text/event-stream")), "{head:?}");
     c.report(&lease.job_id, lease.attempt, &train_points(3), 3).await?;
     let data = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         while let Some(line) = lines.next_line().await? {
