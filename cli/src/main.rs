@@ -10,6 +10,7 @@ mod client;
 mod cmd_adapter;
 mod cmd_bench_train;
 mod cmd_demo;
+mod cmd_export;
 mod cmd_generate;
 mod cmd_health;
 mod cmd_jobs;
@@ -81,6 +82,8 @@ enum Command {
     Results(cmd_results::ResultsArgs),
     /// Write the study's plots (PNG and SVG) for a sweep.
     Plot(cmd_results::PlotArgs),
+    /// Every loss point of a sweep as one CSV or Parquet file (job columns + series, step, loss).
+    Export(cmd_export::ExportArgs),
     /// Probe a coordinator (gRPC health) or a worker (`--http URL/healthz`); exit 0 if serving.
     Health(cmd_health::HealthArgs),
     /// Start workers on a cluster scheduler (`launch slurm`: writes and sbatches a script).
@@ -175,6 +178,7 @@ fn main() -> anyhow::Result<()> {
         Command::Resume(args) => rt()?.block_on(cmd_sweeps::resume(url, args)),
         Command::Results(args) => rt()?.block_on(cmd_results::results(url, args)),
         Command::Plot(args) => rt()?.block_on(cmd_results::plot(url, args)),
+        Command::Export(args) => rt()?.block_on(cmd_export::run(url, args)),
         Command::Health(args) => rt()?.block_on(cmd_health::run(url, args)),
         Command::Launch { which } => cmd_launch::run(url, cli.connect.token_file.as_deref(), which),
         Command::Demo(args) => rt()?.block_on(cmd_demo::run(args)),

@@ -8,6 +8,7 @@ mod chaos;
 #[path = "../support/curve.rs"]
 mod curve;
 mod demo;
+mod export;
 mod faults;
 mod grid;
 mod helpers;
