@@ -138,16 +138,7 @@ async fn phases(url: &str, args: &BenchCoordinatorArgs) -> anyhow::Result<()> {
     let mut clients = Vec::new();
     for i in 0..args.workers {
         let mut client = WorkersClient::new(connect(url).await?);
-        let id = client
-            .register_worker(pb::RegisterWorkerRequest {
-                name: format!("bench-{i}"),
-                device: "none".into(),
-                trainer: "bench".into(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .worker_id;
+        let id = register(&mut client, &format!("bench-{i}"), "none").await?;
         clients.push((client, id));
     }
 
@@ -372,6 +363,20 @@ pub(crate) async fn submit_and_lease(
         .lease
         .context("the coordinator had no job to lease")?;
     Ok((workers, worker_id, lease))
+}
+
+/// Registers a simulated worker named `name` with `device`; returns its id.
+pub(crate) async fn register(client: &mut WorkersClient<Channel>, name: &str, device: &str) -> anyhow::Result<String> {
+    Ok(client
+        .register_worker(pb::RegisterWorkerRequest {
+            name: name.into(),
+            device: device.into(),
+            trainer: "bench".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .worker_id)
 }
 
 async fn connect(url: &str) -> anyhow::Result<Channel> {

@@ -20,7 +20,7 @@ use lorasweep_proto::pb::{self, workers_client::WorkersClient};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tonic::transport::Channel;
 
-use crate::bench_coordinator::InProcess;
+use crate::bench_coordinator::{InProcess, register};
 
 /// Arguments of `lorasweep bench dashboard`.
 #[derive(Debug, clap::Args)]
@@ -112,16 +112,7 @@ async fn phases(url: &str, addr: SocketAddr, args: &BenchDashboardArgs) -> anyho
         .into_inner()
         .sweep_id;
     let mut workers = WorkersClient::new(Channel::from_shared(url.to_string())?.connect().await?);
-    let worker = workers
-        .register_worker(pb::RegisterWorkerRequest {
-            name: "bench".into(),
-            device: "cpu".into(),
-            trainer: "bench".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .worker_id;
+    let worker = register(&mut workers, "bench", "cpu").await?;
     let lease = |w: &mut WorkersClient<Channel>| {
         let (mut w, worker) = (w.clone(), worker.clone());
         async move {
@@ -178,16 +169,7 @@ async fn phases(url: &str, addr: SocketAddr, args: &BenchDashboardArgs) -> anyho
     sweeps.submit_sweep(pb::SubmitSweepRequest { sweep_toml: sweep_toml.into(), source: "long".into() }).await?;
     // The study's running job holds the only lease this worker needs; a second worker takes it.
     let mut other = workers.clone();
-    let other_id = other
-        .register_worker(pb::RegisterWorkerRequest {
-            name: "bench-2".into(),
-            device: "cpu".into(),
-            trainer: "bench".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .worker_id;
+    let other_id = register(&mut other, "bench-2", "cpu").await?;
     let long = other
         .lease_job(pb::LeaseJobRequest { worker_id: other_id.clone() })
         .await?

@@ -15,7 +15,7 @@ pub mod downsample;
 pub mod plot;
 pub mod results;
 
-pub use results::{Cell, JobResult, Results, fmt_lr};
+pub use results::{Cell, JobResult, Results, fmt_lr, same_lr};
 
 /// What drawing a figure can fail on.
 #[derive(Debug, thiserror::Error)]

@@ -121,7 +121,7 @@ impl Results {
 
 /// Learning rates come from TOML floats; compare them with a relative tolerance so `1e-3` and
 /// `0.001` land in one row.
-fn same_lr(a: f64, b: f64) -> bool {
+pub fn same_lr(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-12 * a.abs().max(b.abs())
 }
 

@@ -10,7 +10,7 @@
 //! - [`login`]: who may look. Open on loopback with no tokens; otherwise a browser logs in with
 //!   any configured token (admin, worker or viewer) and gets a session cookie, and scripts may
 //!   send `Authorization: Bearer`.
-//! - [`pages`]: the three pages.
+//! - [`pages`]: the three pages; [`tables`]: their tables.
 //! - [`live`]: the change stream and the per-page render cache that lets many open pages share
 //!   one render.
 //! - [`figures`]: the SVG figures, served by content hash so browsers fetch each once.
@@ -21,6 +21,7 @@ mod html;
 mod live;
 mod login;
 mod pages;
+mod tables;
 
 use std::{net::SocketAddr, sync::Arc};
 
